@@ -31,3 +31,8 @@ class MissingDependencyError(DinosegError, ImportError):
         super().__init__(
             f"{feature} needs the optional package '{package}'. Install it with: pip install {pip_name or package}"
         )
+
+
+class ObjectNotFoundError(StorageError, FileNotFoundError):
+    """No object exists at a URL (file, S3 key, ...). Also a ``FileNotFoundError``, so ``except
+    FileNotFoundError`` clauses keep working."""

@@ -1,0 +1,316 @@
+"""Image and mask decoding/encoding with Pillow, plus a visual overlay. Bytes in, arrays out.
+
+Images decode to ``float32 (H, W, 3)`` in ``[0, 1]``; masks decode to ``bool (H, W)``. The rules, per Pillow mode:
+
+============================  =====================================================================================
+mode                          image (:func:`decode_image`)
+============================  =====================================================================================
+``1``, ``L``                  grey level / 255, replicated to 3 channels
+``LA``                        grey level / 255 replicated; **alpha dropped**
+``P``, ``PA``                 palette colours (RGB); palette transparency and alpha **dropped**
+``RGB``                       / 255
+``RGBA``, ``RGBX``, ``RGBa``  first three channels / 255; **alpha dropped** (transparent pixels keep their colour
+                              values, whatever those are; nothing is composited onto a background)
+``CMYK``, ``YCbCr``, ``LAB``  Pillow's conversion to RGB (no ICC colour management)
+``I;16*`` (16-bit)            / 65535, replicated
+``I`` (32-bit int)            treated as 16-bit: / 65535, clipped to [0, 1], replicated
+``F`` (32-bit float)          clipped to [0, 1] (NaN -> 0, +inf -> 1), replicated
+============================  =====================================================================================
+
+The EXIF orientation tag is applied (a phone photo comes out upright) for images and masks alike. Multi-frame
+files (multi-page TIFF, animated GIF/PNG) give their first frame. Multi-band rasters beyond what Pillow reads
+(e.g. 4+ band uint16 GeoTIFFs) are not handled here.
+
+Masks (:func:`decode_mask`): ``1``/``L``/``LA``/``P``/``I``/``F`` modes: the first channel (the palette *index*
+for ``P``) ``> 0``; ``RGB``/``RGBA`` and other colour modes: any colour channel ``> 0`` (alpha ignored). An
+all-zero mask is returned as is; deciding what an empty mask means is the caller's job.
+
+Decompression bombs: Pillow refuses images over ``2 * PIL.Image.MAX_IMAGE_PIXELS`` (~179 Mpx by default), too
+small for remote-sensing scenes. Importing this module raises Pillow's process-wide limit to
+:data:`MAX_IMAGE_PIXELS` (2**30, e.g. 32768 x 32768, whose float32 decode needs ~12.9 GB) and this module itself
+refuses anything larger with an :class:`ImageDecodeError` that says how to proceed. Change the limit by
+assigning ``dinoseg_core.imageio.MAX_IMAGE_PIXELS``; tile larger scenes instead of decoding them whole.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import warnings
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from dinoseg_core import storage
+from dinoseg_core.errors import ImageDecodeError, InputError
+
+__all__ = [
+    "MAX_IMAGE_PIXELS",
+    "decode_image",
+    "decode_mask",
+    "encode_png_mask",
+    "encode_png_rgb",
+    "overlay",
+    "read_image",
+    "read_mask",
+    "write_image_png",
+    "write_mask_png",
+]
+
+MAX_IMAGE_PIXELS: int = 2**30
+"""Largest image (width * height) this module decodes; larger ones raise :class:`ImageDecodeError`."""
+
+
+
+def _raise_pillow_limit() -> None:
+    # Pillow errors above 2x its limit and warns above 1x; we check our own limit first, so Pillow's must not be
+    # lower. Called again at each decode in case MAX_IMAGE_PIXELS was raised after import.
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+
+
+_raise_pillow_limit()
+
+_SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N"}
+
+
+def _open(data: bytes | bytearray | memoryview, name: str) -> Image.Image:
+    """Open, size-check, fully decode and orient an image; every failure becomes ImageDecodeError naming ``name``."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ImageDecodeError(f"{name}: expected the image file's bytes, got {type(data).__name__}.")
+    if len(data) == 0:
+        raise ImageDecodeError(f"{name}: the file is empty (0 bytes); re-export or re-download it.")
+    _raise_pillow_limit()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(bytes(data)))
+            width, height = img.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise ImageDecodeError(
+                    f"{name}: {width}x{height} = {width * height} pixels exceeds the limit of {MAX_IMAGE_PIXELS} "
+                    "(dinoseg_core.imageio.MAX_IMAGE_PIXELS). Tile the scene, or raise the limit if memory allows "
+                    "(decoding needs 12 bytes per pixel)."
+                )
+            if width == 0 or height == 0:
+                raise ImageDecodeError(f"{name}: the image has no pixels ({width}x{height}).")
+            img.seek(0)
+            img.load()  # decode now, so truncation is caught here and not later
+    except ImageDecodeError:
+        raise
+    except UnidentifiedImageError as exc:
+        head = bytes(data[:16])
+        raise ImageDecodeError(
+            f"{name}: not an image Pillow can read ({len(data)} bytes starting {head!r}). "
+            "Supported: PNG, JPEG, TIFF and the other formats Pillow reads."
+        ) from exc
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError(
+            f"{name}: {exc}. Raise dinoseg_core.imageio.MAX_IMAGE_PIXELS or tile the scene."
+        ) from exc
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError, struct.error) as exc:
+        raise ImageDecodeError(
+            f"{name}: the image is corrupt or truncated ({type(exc).__name__}: {exc}). Re-export or re-download it."
+        ) from exc
+    try:
+        oriented = ImageOps.exif_transpose(img)
+    except Exception as exc:  # a broken EXIF block should not make a good image unreadable
+        warnings.warn(f"{name}: ignoring unreadable EXIF orientation ({type(exc).__name__}: {exc})", stacklevel=3)
+        return img
+    return oriented if oriented is not None else img
+
+
+def decode_image(data: bytes | bytearray | memoryview, name: str = "<bytes>") -> np.ndarray:
+    """Decode image file bytes (PNG, JPEG, TIFF, ...) to ``float32 (H, W, 3)`` in ``[0, 1]``.
+
+    See the module docstring for the per-mode rules (grey replicated, alpha dropped, 16-bit / 65535, float
+    clipped, EXIF orientation applied).
+
+    Args:
+        data: the file's bytes.
+        name: what to call the source in error messages (a URL or file name).
+
+    Raises:
+        ImageDecodeError: empty, truncated, corrupt or non-image bytes, or an image over :data:`MAX_IMAGE_PIXELS`.
+    """
+    img = _open(data, name)
+    mode = img.mode
+    try:
+        if mode in _SIXTEEN_BIT:
+            grey = np.asarray(img).astype(np.float32) / np.float32(65535.0)
+        elif mode == "I":
+            grey = np.clip(np.asarray(img).astype(np.float32) / np.float32(65535.0), 0.0, 1.0)
+        elif mode == "F":
+            grey = np.nan_to_num(np.asarray(img, dtype=np.float32), nan=0.0, posinf=1.0, neginf=0.0)
+            grey = np.clip(grey, 0.0, 1.0)
+        elif mode == "1":
+            grey = np.asarray(img, dtype=np.float32)
+        elif mode in ("L", "LA"):
+            grey = np.asarray(img.getchannel(0), dtype=np.float32) / np.float32(255.0)
+        else:
+            if mode in ("P", "PA") and ("transparency" in img.info or mode == "PA"):
+                img = img.convert("RGBA")  # Pillow's documented path for palette transparency; alpha dropped below
+            elif mode not in ("RGB", "RGBA", "RGBX"):
+                img = img.convert("RGB")
+            rgb = np.asarray(img)[..., :3].astype(np.float32) / np.float32(255.0)
+            return np.ascontiguousarray(rgb)
+    except (OSError, ValueError) as exc:
+        raise ImageDecodeError(f"{name}: cannot convert a '{mode}' image to RGB ({exc}).") from exc
+    return np.ascontiguousarray(np.repeat(grey[..., None], 3, axis=2), dtype=np.float32)
+
+
+def decode_mask(data: bytes | bytearray | memoryview, name: str = "<bytes>") -> np.ndarray:
+    """Decode mask file bytes to ``bool (H, W)``.
+
+    ``1``/``L``/``LA``/``P``/``I``/``I;16``/``F``: first channel ``> 0`` (``P``: the palette index, so index 0 is
+    background whatever its colour; ``LA``: alpha ignored). ``RGB``/``RGBA`` and other colour modes: any colour
+    channel ``> 0`` (alpha ignored). All-zero masks are allowed. EXIF orientation is applied.
+
+    Raises:
+        ImageDecodeError: empty, truncated, corrupt or non-image bytes.
+    """
+    img = _open(data, name)
+    mode = img.mode
+    try:
+        if mode in ("1", "L", "P", "I", "F") or mode in _SIXTEEN_BIT:
+            values = np.asarray(img)
+            if mode == "F":
+                values = np.nan_to_num(values, nan=0.0)
+            return np.ascontiguousarray(values > 0)
+        if mode in ("LA", "PA"):
+            return np.ascontiguousarray(np.asarray(img.getchannel(0)) > 0)
+        if mode not in ("RGB", "RGBA", "RGBX"):
+            img = img.convert("RGB")
+        return np.ascontiguousarray((np.asarray(img)[..., :3] > 0).any(axis=2))
+    except (OSError, ValueError) as exc:
+        raise ImageDecodeError(f"{name}: cannot read a mask from a '{mode}' image ({exc}).") from exc
+
+
+def read_image(url: str | os.PathLike[str], storage_options: dict[str, Any] | None = None) -> np.ndarray:
+    """Read and decode the image at ``url``: ``float32 (H, W, 3)`` in ``[0, 1]`` (see :func:`decode_image`).
+
+    Raises:
+        ObjectNotFoundError / StorageError: from :func:`dinoseg_core.storage.read_bytes`.
+        ImageDecodeError: the object is not a readable image; the message names ``url``.
+    """
+    return decode_image(storage.read_bytes(url, storage_options), name=storage.display_url(url))
+
+
+def read_mask(url: str | os.PathLike[str], storage_options: dict[str, Any] | None = None) -> np.ndarray:
+    """Read and decode the mask at ``url``: ``bool (H, W)`` (see :func:`decode_mask`)."""
+    return decode_mask(storage.read_bytes(url, storage_options), name=storage.display_url(url))
+
+
+def _as_bool_mask(mask: Any, what: str = "mask") -> np.ndarray:
+    arr = np.asarray(mask)
+    if arr.ndim != 2 or arr.size == 0:
+        raise InputError(f"{what} must be a non-empty 2-D (H, W) array, got shape {arr.shape}.")
+    if arr.dtype == bool:
+        return arr
+    if np.issubdtype(arr.dtype, np.integer) and np.isin(arr, (0, 1)).all():
+        return arr.astype(bool)
+    raise InputError(
+        f"{what} must be a bool (H, W) array (or integers 0/1), got dtype {arr.dtype}; threshold it first, "
+        "e.g. mask = scores > 0.5."
+    )
+
+
+def encode_png_mask(mask: np.ndarray) -> bytes:
+    """Encode a ``bool (H, W)`` mask as a single-channel 8-bit PNG with values 0 and 255."""
+    arr = _as_bool_mask(mask)
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(arr, dtype=np.uint8) * np.uint8(255)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _as_rgb_uint8(image: Any, what: str = "image") -> np.ndarray:
+    arr = np.asarray(image)
+    if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise InputError(f"{what} must be an (H, W, 3) array, got shape {arr.shape}.")
+    if arr.dtype == np.uint8:
+        return np.ascontiguousarray(arr)
+    if np.issubdtype(arr.dtype, np.floating):
+        return np.ascontiguousarray(np.round(np.clip(np.nan_to_num(arr, nan=0.0), 0.0, 1.0) * 255.0).astype(np.uint8))
+    raise InputError(f"{what} must be uint8 or float in [0, 1], got dtype {arr.dtype}.")
+
+
+def encode_png_rgb(image: np.ndarray) -> bytes:
+    """Encode an RGB image as an 8-bit PNG. ``image``: ``uint8 (H, W, 3)``, or float ``(H, W, 3)`` in ``[0, 1]``
+    (clipped, rounded to the nearest of 256 levels)."""
+    buf = io.BytesIO()
+    Image.fromarray(_as_rgb_uint8(image)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_mask_png(
+    url: str | os.PathLike[str], mask: np.ndarray, storage_options: dict[str, Any] | None = None
+) -> None:
+    """Write a ``bool (H, W)`` mask to ``url`` as a 0/255 single-channel PNG (atomically where the backend allows)."""
+    storage.write_bytes(url, encode_png_mask(mask), storage_options)
+
+
+def write_image_png(
+    url: str | os.PathLike[str], image: np.ndarray, storage_options: dict[str, Any] | None = None
+) -> None:
+    """Write an RGB image (``uint8 (H, W, 3)`` or float in ``[0, 1]``) to ``url`` as an 8-bit PNG."""
+    storage.write_bytes(url, encode_png_rgb(image), storage_options)
+
+
+def _erode(mask: np.ndarray) -> np.ndarray:
+    """4-neighbour binary erosion; outside the image counts as background, so masks touching the border get an
+    outline there too."""
+    out = mask.copy()
+    out[1:, :] &= mask[:-1, :]
+    out[:-1, :] &= mask[1:, :]
+    out[:, 1:] &= mask[:, :-1]
+    out[:, :-1] &= mask[:, 1:]
+    out[0, :] = False
+    out[-1, :] = False
+    out[:, 0] = False
+    out[:, -1] = False
+    return out
+
+
+def overlay(
+    image: np.ndarray,
+    mask: np.ndarray,
+    color: tuple[float, float, float] = (1.0, 0.0, 0.0),
+    alpha: float = 0.5,
+    outline_width: int | None = None,
+) -> np.ndarray:
+    """Tint ``mask`` on ``image`` for viewing: ``uint8 (H, W, 3)``.
+
+    Inside the mask, ``(1 - alpha) * image + alpha * color``; the mask's boundary (pixels of the mask within
+    ``outline_width`` of a non-mask pixel or the image edge) is drawn in ``color`` at full opacity, so the extent
+    stays visible at any ``alpha``.
+
+    Args:
+        image: ``float (H, W, 3)`` in ``[0, 1]`` (``uint8`` is accepted too).
+        mask: ``bool (H, W)``, same ``H, W`` as ``image``.
+        color: RGB in ``[0, 1]``.
+        alpha: fill opacity in ``[0, 1]``.
+        outline_width: boundary thickness in pixels; default ``max(1, min(H, W) // 256)``.
+    """
+    rgb = _as_rgb_uint8(image).astype(np.float32) / 255.0
+    m = _as_bool_mask(mask)
+    if m.shape != rgb.shape[:2]:
+        raise InputError(f"mask shape {m.shape} does not match image shape {rgb.shape[:2]}.")
+    col = np.asarray(color, dtype=np.float32)
+    if col.shape != (3,) or not np.all((col >= 0) & (col <= 1)):
+        raise InputError(f"color must be 3 floats in [0, 1], got {color!r}.")
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise InputError(f"alpha must be in [0, 1], got {alpha!r}.")
+    width = max(1, min(m.shape) // 256) if outline_width is None else int(outline_width)
+    if width < 0:
+        raise InputError(f"outline_width must be >= 0, got {outline_width!r}.")
+
+    out = rgb.copy()
+    out[m] = (1.0 - float(alpha)) * rgb[m] + float(alpha) * col
+    if width > 0:
+        inner = m
+        for _ in range(width):
+            inner = _erode(inner)
+        out[m & ~inner] = col
+    return np.round(out * 255.0).astype(np.uint8)

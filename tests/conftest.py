@@ -1,0 +1,59 @@
+"""Shared fixtures. Real services run on 127.0.0.1 and are started once per session."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[dict[str, Any]]:
+    """A real S3 API (moto's ``ThreadedMotoServer``) on 127.0.0.1, on a free port, for the whole session.
+
+    moto's in-process ``mock_aws`` does not intercept s3fs (aiobotocore), hence a server. Yields a dict:
+
+    - ``endpoint_url``: ``"http://127.0.0.1:<port>"``
+    - ``storage_options``: fsspec/s3fs options for that endpoint (dummy ``testing`` credentials)
+    - ``make_bucket(name=None) -> str``: creates a bucket (a fresh unique name if none; names need 3+ characters)
+      and returns its URL ``"s3://<name>"``.
+    - ``client``: a boto3 S3 client for that endpoint (to act as "another process" behind s3fs's caches).
+
+    The server keeps its state for the session: give each test its own bucket.
+    """
+    server_mod = pytest.importorskip("moto.server", reason="moto[server] is needed for S3 tests")
+    boto3 = pytest.importorskip("boto3")
+
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint_url = f"http://{host}:{port}"
+    region = "us-east-1"
+    client = boto3.client(
+        "s3", endpoint_url=endpoint_url, aws_access_key_id="testing", aws_secret_access_key="testing",
+        region_name=region,
+    )
+
+    def make_bucket(name: str | None = None) -> str:
+        name = name or f"test-{uuid.uuid4().hex[:20]}"
+        if len(name) < 3:
+            raise ValueError(f"S3 bucket names need 3 or more characters, got {name!r}")
+        client.create_bucket(Bucket=name)
+        return f"s3://{name}"
+
+    try:
+        yield {
+            "endpoint_url": endpoint_url,
+            "storage_options": {
+                "key": "testing",
+                "secret": "testing",
+                "endpoint_url": endpoint_url,
+                "client_kwargs": {"region_name": region},
+            },
+            "make_bucket": make_bucket,
+            "client": client,
+        }
+    finally:
+        server.stop()
