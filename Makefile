@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml requirements.lock
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m dinoseg_core.demo
+	$(BIN)/python -m flows.demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -42,10 +42,14 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
             group.add_argument(flag, dest=field.name, type=kind, default=None, help=help_text)
 
 
+def given_options(args: argparse.Namespace) -> dict:
+    """The method options the user gave on the command line (field name -> value)."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(InsidConfig) if getattr(args, f.name) is not None}
+
+
 def config_from_args(args: argparse.Namespace, base: InsidConfig | None = None) -> InsidConfig:
     """The config with every option the user gave on the command line applied."""
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(InsidConfig) if getattr(args, f.name) is not None}
-    return (base or InsidConfig()).replace(**given)
+    return (base or InsidConfig()).replace(**given_options(args))
 
 
 def add_backbone_options(parser: argparse.ArgumentParser) -> None:
@@ -223,9 +227,9 @@ def run_basis(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
     parser = parser or build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for name in ("dinoseg", "dinoseg_core"):  # our progress at INFO; libraries (httpx, botocore...) only warn
+        logging.getLogger(name).setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         return args.handler(args)
     except DinosegError as exc:

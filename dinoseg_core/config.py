@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field, fields
+import typing
 from typing import Any, Literal
 
 from dinoseg_core.errors import InputError
@@ -84,3 +85,26 @@ class InsidConfig:
     def digest(self) -> str:
         """Stable sha256 of the config, for cache keys and provenance."""
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
+def _method_options_model():
+    """A pydantic model with every :class:`InsidConfig` field optional (None = keep the default), unknown fields
+    rejected: the typed form of method options in flow parameters and manifests."""
+    from pydantic import ConfigDict, create_model
+
+    hints = typing.get_type_hints(InsidConfig)
+    fields_ = {f.name: (hints[f.name] | None, None) for f in fields(InsidConfig)}
+    model = create_model("MethodOptions", __config__=ConfigDict(extra="forbid"), **fields_)
+    model.__doc__ = "INSID3 options; each unset field keeps the paper's default (see dinoseg_core.config.InsidConfig)."
+    return model
+
+
+MethodOptions = _method_options_model()
+
+
+def apply_options(config: InsidConfig, options: Any) -> InsidConfig:
+    """``config`` with the fields set in ``options`` (a MethodOptions, a dict, or None) replaced."""
+    if options is None:
+        return config
+    given = options.model_dump(exclude_none=True) if hasattr(options, "model_dump") else dict(options)
+    return config.replace(**{k: v for k, v in given.items() if v is not None})

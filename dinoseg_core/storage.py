@@ -232,6 +232,34 @@ def exists(url: str | os.PathLike[str], storage_options: dict[str, Any] | None =
 
 
 def glob(pattern: str | os.PathLike[str], storage_options: dict[str, Any] | None = None) -> list[str]:
+    """Objects matching ``pattern``; see :func:`glob_stamped`, which also returns each object's stamp."""
+    return [url for url, _ in glob_stamped(pattern, storage_options)]
+
+
+def stamp(info: dict[str, Any]) -> str:
+    """A cheap change marker of an object from its listing entry: the ETag where the store has one (S3, GCS),
+    else size and modification time. Equal stamps mean unchanged content for all practical purposes; a
+    different stamp only means "read it and compare the sha256"."""
+    etag = info.get("ETag") or info.get("etag") or info.get("md5Hash")
+    if etag:
+        return f"etag:{str(etag).strip(chr(34))}:{info.get('size')}"
+    mtime = info.get("mtime") or info.get("LastModified") or info.get("last_modified") or info.get("updated")
+    return f"mtime:{mtime}:{info.get('size')}"
+
+
+def stat_stamp(url: str | os.PathLike[str], storage_options: dict[str, Any] | None = None) -> str:
+    """:func:`stamp` of one object (one HEAD request on object stores)."""
+    fs, path = url_to_fs(url, storage_options)
+    try:
+        fs.invalidate_cache(path)
+        return stamp(fs.info(path))
+    except DinosegError:
+        raise
+    except Exception as exc:
+        raise _storage_error("check", str(url), exc) from exc
+
+
+def glob_stamped(pattern: str | os.PathLike[str], storage_options: dict[str, Any] | None = None) -> list[tuple[str, str]]:
     """Objects matching ``pattern`` (``*``, ``?``, ``[...]``, and ``**`` for any number of directories, including
     none), as a sorted list of URLs in the form the pattern used: ``s3://bucket/key`` for ``s3://`` patterns,
     ``memory://...``, ``file:///abs/path`` for ``file://``, and absolute paths for plain path patterns. Only objects
@@ -254,8 +282,8 @@ def glob(pattern: str | os.PathLike[str], storage_options: dict[str, Any] | None
         return []
     except Exception as exc:
         raise _storage_error("list", pattern, exc) from exc
-    files = [p for p, info in found.items() if info.get("type", "file") != "directory"]
-    return sorted(_unstrip(proto, p) for p in files)
+    files = [(p, info) for p, info in found.items() if info.get("type", "file") != "directory"]
+    return sorted((_unstrip(proto, p), stamp(info)) for p, info in files)
 
 
 def _literal_prefix(path: str) -> str:

@@ -1,0 +1,196 @@
+"""Flows: ``label_collection`` (a reference manifest + a glob on object storage -> a Zarr mask archive) and
+``segment_images`` (the same for an explicit list of images).
+
+The flow body is a plain loop: list the images, prepare each concept once, label batches (each worker loads the
+backbone once and serves many images), summarise. Re-running on the same inputs writes nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.futures import as_completed
+from prefect.runtime import flow_run
+from prefect.states import Completed, Failed
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import Field
+from tqdm import tqdm
+
+from dinoseg_core.archive import MaskArchive
+from dinoseg_core.cli import DEFAULT_BACKBONE
+from dinoseg_core.config import MethodOptions
+from dinoseg_core.errors import InputError
+from tasks.labelling import label_batch, list_images
+from tasks.references import load_references, prepare_concept
+from tasks.reporting import write_run_log
+from tasks.runtime import BackboneSpec
+from tasks.settings import ImageOutcome, LabelSettings
+
+#: Images per task: large enough to amortise a task's overhead and batch the backbone, small enough for progress.
+DEFAULT_BATCH_SIZE = 8
+
+
+def _prefix(pattern: str) -> str:
+    """The part of a glob pattern before its first wildcard, cut back to a folder: image keys are relative to it."""
+    cut = min((i for i, ch in enumerate(pattern) if ch in "*?["), default=len(pattern))
+    return pattern[:cut].rsplit("/", 1)[0]
+
+
+def run_labelling(
+    references: str,
+    images: str | Sequence[str],
+    archive: str,
+    backbone: str,
+    device: str | None,
+    dtype: str | None,
+    storage_options: dict[str, Any] | None,
+    method: MethodOptions | None,
+    force: bool,
+    save_similarity: bool,
+    cache: str | None,
+    batch_size: int,
+    workers: int,
+):
+    """The body shared by both flows."""
+    logger = get_run_logger()
+    if batch_size < 1:
+        raise InputError(f"batch_size={batch_size}: must be at least 1")
+    if workers < 1:
+        raise InputError(f"workers={workers}: must be at least 1")
+    started = time.perf_counter()
+    run_id = str(flow_run.get_id() or uuid.uuid4())
+    created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    MaskArchive.open(archive, storage_options, mode="a")  # fail fast on a foreign or unreadable archive
+    manifest = load_references(references, storage_options)
+    items = list_images(images, storage_options)
+    settings = LabelSettings(
+        backbone=BackboneSpec(backbone, device, dtype),
+        archive_url=archive,
+        storage_options=storage_options,
+        cache_url=cache,
+        method_options=method.model_dump(exclude_none=True) if method is not None else {},
+        force=force,
+        save_similarity=save_similarity,
+        input_prefix=_prefix(images) if isinstance(images, str) else None,
+    )
+    concepts = [prepare_concept(manifest, name, settings) for name in manifest.concepts]
+    logger.info("%d image(s), %d concept(s): %s", len(items), len(concepts), ", ".join(manifest.concepts))
+
+    batches = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
+    labelling_started = time.perf_counter()
+    progress = create_progress_artifact(0.0, description=f"dinoseg: {len(items)} images")
+    outcomes: list[ImageOutcome] = []
+    bar = tqdm(total=len(items), desc="label", unit="image", disable=None)  # shown on a terminal only
+    with task_runner(workers) as runner:
+        futures = {
+            runner.submit(label_batch, {"items": batch, "concepts": concepts, "settings": settings}): batch
+            for batch in batches
+        }
+        for future in as_completed(list(futures)):
+            try:
+                outcomes.extend(future.result())
+            except Exception as exc:  # retries exhausted: every image of the batch failed for this reason
+                reason = f"{type(exc).__name__}: {exc}"
+                outcomes.extend(ImageOutcome(url, "failed", reason=reason) for url, _ in futures[future])
+            update_progress_artifact(progress, 100.0 * len(outcomes) / max(len(items), 1))
+            bar.update(len(futures[future]))
+    bar.close()
+
+    summary = _summary(outcomes, time.perf_counter() - started, time.perf_counter() - labelling_started)
+    logger.info("labelled %(labelled)d, skipped %(skipped)d, failed %(failed)d", summary)
+    create_table_artifact(
+        [{"status": k, "images": summary[k]} for k in ("labelled", "skipped", "failed")]
+        + [{"status": "seconds per labelled image", "images": summary["seconds_per_labelled_image"]}]
+        + [{"status": f"failed: {f['uri']}", "images": f["reason"]} for f in summary["failures"]],
+        description="dinoseg labelling summary",
+    )
+    if summary["labelled"] or summary["failed"]:  # a run that changed nothing writes nothing
+        write_run_log(archive, storage_options, run_id, {
+            "run_id": run_id, "started": created, "references": references,
+            "images": images if isinstance(images, str) else list(images), "backbone": backbone,
+            "method": settings.method_options, "force": force, **summary,
+        })
+    if summary["failed"]:
+        names = "; ".join(f"{f['uri']}: {f['reason']}" for f in summary["failures"][:20])
+        return Failed(message=f"{summary['failed']} of {len(items)} image(s) failed: {names}", data=summary)
+    return Completed(message=f"labelled {summary['labelled']}, skipped {summary['skipped']}", data=summary)
+
+
+def _summary(outcomes: list[ImageOutcome], seconds: float, labelling_seconds: float) -> dict[str, Any]:
+    """Counts, failures, and wall seconds of the labelling stage per labelled image (0 when none)."""
+    counts = {status: sum(o.status == status for o in outcomes) for status in ("labelled", "skipped", "failed")}
+    per_image = labelling_seconds / counts["labelled"] if counts["labelled"] else 0.0
+    return {
+        **counts,
+        "seconds": round(seconds, 3),
+        "seconds_per_labelled_image": round(per_image, 4),
+        "failures": [{"uri": o.uri, "reason": o.reason} for o in outcomes if o.status == "failed"],
+    }
+
+
+def task_runner(workers: int) -> ThreadPoolTaskRunner:
+    """Where label batches run: a thread pool of ``workers`` (each thread shares the process's backbone)."""
+    return ThreadPoolTaskRunner(max_workers=workers)
+
+
+@flow(name="label-collection", validate_parameters=True)
+def label_collection(
+    references: str,
+    images: str,
+    archive: str,
+    backbone: str = DEFAULT_BACKBONE,
+    device: str | None = None,
+    dtype: Literal["float32", "bfloat16"] | None = None,
+    storage_options: dict[str, Any] | None = None,
+    method: MethodOptions | None = None,
+    force: bool = False,
+    save_similarity: bool = False,
+    cache: str | None = None,
+    batch_size: int = Field(default=DEFAULT_BATCH_SIZE, ge=1),
+    workers: int = Field(default=2, ge=1),
+):
+    """Label every concept of a reference manifest on every image matching a glob, into a Zarr mask archive.
+
+    Args:
+        references: URL of the reference manifest (YAML/JSON: concept -> reference images and masks).
+        images: glob pattern of the collection, e.g. ``s3://lake/tiles/**/*.png``.
+        archive: URL of the Zarr mask archive (created if missing).
+        backbone: DINOv3 backbone spec (preset, hub id, model directory/URL, Meta .pth, random:<preset>).
+        storage_options: fsspec options for every URL (endpoint, credentials; never logged).
+        method: INSID3 options for this run (win over the manifest's); unset fields keep the defaults.
+        force: relabel everything, even masks that are up to date.
+        save_similarity: also store each mask's patch-grid similarity map (float16).
+        cache: URL of the feature cache (positional bases, reference embeddings); default ~/.cache/dinoseg.
+        batch_size: images per task; workers: tasks at once in this process.
+    """
+    return run_labelling(references, images, archive, backbone, device, dtype, storage_options, method, force,
+                         save_similarity, cache, batch_size, workers)
+
+
+@flow(name="segment-images", validate_parameters=True)
+def segment_images(
+    references: str,
+    images: list[str],
+    archive: str,
+    backbone: str = DEFAULT_BACKBONE,
+    device: str | None = None,
+    dtype: Literal["float32", "bfloat16"] | None = None,
+    storage_options: dict[str, Any] | None = None,
+    method: MethodOptions | None = None,
+    force: bool = False,
+    save_similarity: bool = False,
+    cache: str | None = None,
+    batch_size: int = Field(default=DEFAULT_BATCH_SIZE, ge=1),
+    workers: int = Field(default=2, ge=1),
+):
+    """Like :func:`label_collection` for an explicit list of image URLs."""
+    if not images:
+        raise InputError("images: give at least one image URL")
+    return run_labelling(references, images, archive, backbone, device, dtype, storage_options, method, force,
+                         save_similarity, cache, batch_size, workers)

@@ -1,0 +1,111 @@
+"""What a worker process keeps between tasks: the backbone (loaded once per process, not once per task),
+segmenters sharing its positional bases, and embedded reference sets.
+
+Tasks receive only small, picklable values (specs, keys, URLs); the heavy objects live here, looked up by key.
+Reference sets and bases are also persisted in a content-keyed :class:`FeatureCache` so that other processes
+(Dask workers, later runs) load them instead of recomputing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import dataclass
+
+from dinoseg_core.backbone import Backbone, load_backbone
+from dinoseg_core.basis import BasisCache, PositionalBasis
+from dinoseg_core.config import InsidConfig
+from dinoseg_core.featurestore import FeatureCache, content_key, reference_set_from_bytes, reference_set_to_bytes
+from dinoseg_core.prototype import ReferenceSet
+from dinoseg_core.segmenter import FEATURE_FIELDS, InContextSegmenter
+
+log = logging.getLogger("dinoseg.runtime")
+
+_lock = threading.RLock()
+_backbones: dict[tuple, Backbone] = {}
+_bases: dict[str, BasisCache] = {}
+_segmenters: dict[tuple, InContextSegmenter] = {}
+_references: dict[str, ReferenceSet] = {}
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Which backbone, where: the ``--backbone`` value plus device and dtype (None = automatic)."""
+
+    spec: str
+    device: str | None = None
+    dtype: str | None = None
+
+
+def backbone(spec: BackboneSpec, storage_options: dict | None = None) -> Backbone:
+    """The process's backbone for ``spec``, loaded on first use."""
+    key = (spec, json.dumps(storage_options or {}, sort_keys=True, default=str))
+    with _lock:
+        if key not in _backbones:
+            _backbones[key] = load_backbone(
+                spec.spec, device=spec.device, dtype=spec.dtype, storage_options=storage_options
+            )
+        return _backbones[key]
+
+
+def feature_key(config: InsidConfig) -> tuple:
+    """The config fields that change features: targets are extracted once per distinct value."""
+    return tuple(getattr(config, name) for name in FEATURE_FIELDS)
+
+
+def segmenter(
+    spec: BackboneSpec, config: InsidConfig, storage_options: dict | None = None, cache: FeatureCache | None = None
+) -> InContextSegmenter:
+    """A segmenter for ``config``'s feature fields; its positional basis is loaded from ``cache`` if persisted
+    there, else computed once and persisted."""
+    model = backbone(spec, storage_options)
+    with _lock:
+        key = (model.fingerprint, feature_key(config))
+        if key not in _segmenters:
+            bases = _bases.setdefault(model.fingerprint, BasisCache())
+            seg = InContextSegmenter(model, config, basis_cache=bases)
+            if config.resize_mode == "square" and cache is not None:
+                _load_or_persist_basis(seg, cache)
+            _segmenters[key] = seg
+        return _segmenters[key]
+
+
+def _load_or_persist_basis(seg: InContextSegmenter, cache: FeatureCache) -> None:
+    size = seg.config.image_size
+    key = content_key("basis", seg.backbone.fingerprint, str(size), seg.config.basis_source, str(seg.k))
+    data = cache.get("basis", key)
+    if data is not None:
+        seg.add_basis(PositionalBasis.from_bytes(data, name=f"{cache.url}/basis/{key}"))
+    else:
+        cache.put("basis", key, seg.basis().to_bytes())
+
+
+def reference_set(key: str, cache: FeatureCache | None, device=None) -> ReferenceSet | None:
+    """An embedded reference set by content key: from this process's memory, else from ``cache``."""
+    with _lock:
+        if key in _references:
+            return _references[key]
+    data = cache.get("references", key) if cache is not None else None
+    if data is None:
+        return None
+    refs = reference_set_from_bytes(data, name=key, device=device)
+    with _lock:
+        _references[key] = refs
+    return refs
+
+
+def remember_reference_set(key: str, refs: ReferenceSet, cache: FeatureCache | None) -> None:
+    with _lock:
+        _references[key] = refs
+    if cache is not None:
+        cache.put("references", key, reference_set_to_bytes(refs))
+
+
+def clear() -> None:
+    """Forget everything (tests; or to free memory between unrelated jobs in a long-lived worker)."""
+    with _lock:
+        _backbones.clear()
+        _bases.clear()
+        _segmenters.clear()
+        _references.clear()
