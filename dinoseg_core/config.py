@@ -94,7 +94,7 @@ def _method_options_model():
 
     hints = typing.get_type_hints(InsidConfig)
     fields_ = {f.name: (hints[f.name] | None, None) for f in fields(InsidConfig)}
-    model = create_model("MethodOptions", __config__=ConfigDict(extra="forbid"), **fields_)
+    model = create_model("MethodOptions", __config__=ConfigDict(extra="forbid", strict=True), **fields_)
     model.__doc__ = "INSID3 options; each unset field keeps the paper's default (see dinoseg_core.config.InsidConfig)."
     return model
 

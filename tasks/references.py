@@ -37,11 +37,12 @@ def prepare_concept(manifest: ReferenceManifest, concept: str, settings: LabelSe
     key = content_key(
         "references", seg.backbone.fingerprint, repr(runtime.feature_key(config)), [h for pair in pairs for h in pair]
     )
-    if runtime.reference_set(key, cache, seg.backbone.device) is None:
+    refs = runtime.reference_set(key, cache, seg.backbone.device)
+    if refs is None:
         images = [imageio.decode_image(contents[p.image_url], p.image_url) for p in spec.references]
         masks = [imageio.decode_mask(contents[p.mask_url], p.mask_url) for p in spec.references]
         refs = seg.embed_references(images, masks, names=[p.image_url for p in spec.references])
-        runtime.remember_reference_set(key, refs, cache)
+    runtime.remember_reference_set(key, refs, cache)
     return PreparedConcept(concept, config, key, concept_hash(manifest, concept, hashes))
 
 

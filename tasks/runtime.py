@@ -27,6 +27,7 @@ _backbones: dict[tuple, Backbone] = {}
 _bases: dict[str, BasisCache] = {}
 _segmenters: dict[tuple, InContextSegmenter] = {}
 _references: dict[str, ReferenceSet] = {}
+_persisted: set[tuple[str, str, str]] = set()  # (cache url, kind, key) known to be in a cache
 
 
 @dataclass(frozen=True)
@@ -64,21 +65,25 @@ def segmenter(
         key = (model.fingerprint, feature_key(config))
         if key not in _segmenters:
             bases = _bases.setdefault(model.fingerprint, BasisCache())
-            seg = InContextSegmenter(model, config, basis_cache=bases)
-            if config.resize_mode == "square" and cache is not None:
-                _load_or_persist_basis(seg, cache)
-            _segmenters[key] = seg
-        return _segmenters[key]
+            _segmenters[key] = InContextSegmenter(model, config, basis_cache=bases)
+        seg = _segmenters[key]
+        if config.resize_mode == "square" and cache is not None:
+            _share_basis(seg, cache)
+        return seg
 
 
-def _load_or_persist_basis(seg: InContextSegmenter, cache: FeatureCache) -> None:
+def _share_basis(seg: InContextSegmenter, cache: FeatureCache) -> None:
+    """Load the square-input basis from ``cache`` if another process persisted it, else persist ours."""
     size = seg.config.image_size
     key = content_key("basis", seg.backbone.fingerprint, str(size), seg.config.basis_source, str(seg.k))
+    if (cache.url, "basis", key) in _persisted:
+        return
     data = cache.get("basis", key)
     if data is not None:
         seg.add_basis(PositionalBasis.from_bytes(data, name=f"{cache.url}/basis/{key}"))
     else:
         cache.put("basis", key, seg.basis().to_bytes())
+    _persisted.add((cache.url, "basis", key))
 
 
 def reference_set(key: str, cache: FeatureCache | None, device=None) -> ReferenceSet | None:
@@ -92,14 +97,18 @@ def reference_set(key: str, cache: FeatureCache | None, device=None) -> Referenc
     refs = reference_set_from_bytes(data, name=key, device=device)
     with _lock:
         _references[key] = refs
+        _persisted.add((cache.url, "references", key))
     return refs
 
 
 def remember_reference_set(key: str, refs: ReferenceSet, cache: FeatureCache | None) -> None:
+    """Keep ``refs`` in this process and make sure ``cache`` holds it for other processes."""
     with _lock:
         _references[key] = refs
-    if cache is not None:
-        cache.put("references", key, reference_set_to_bytes(refs))
+    if cache is not None and (cache.url, "references", key) not in _persisted:
+        if cache.get("references", key) is None:
+            cache.put("references", key, reference_set_to_bytes(refs))
+        _persisted.add((cache.url, "references", key))
 
 
 def clear() -> None:
@@ -109,3 +118,4 @@ def clear() -> None:
         _bases.clear()
         _segmenters.clear()
         _references.clear()
+        _persisted.clear()

@@ -9,7 +9,6 @@ from dinoseg_core.debias import debias
 
 def planted(seed=0, channels=64, grid=(12, 12), rank=6):
     g = torch.Generator().manual_seed(seed)
-    n = grid[0] * grid[1]
     directions = torch.linalg.qr(torch.randn(channels, rank, generator=g))[0]  # positional subspace (C, r)
     # a smooth code of the patch position (low-frequency sinusoids of row and column), as a ViT's RoPE leaves
     rows, cols = torch.meshgrid(torch.arange(grid[0]), torch.arange(grid[1]), indexing="ij")

@@ -1,0 +1,555 @@
+"""Reading GeoTIFF / Cloud-Optimised GeoTIFF scenes window by window with rasterio (GDAL).
+
+:func:`open_raster` reads a scene's header and its per-band scaling once and returns a :class:`RasterSource`, a
+small frozen value (picklable: a flow can hand it to any worker); :func:`read_window` reads one pixel window of it
+as the method's input, ``float32 (h, w, 3)`` in ``[0, 1]`` plus a ``bool (h, w)`` validity mask. Nothing here ever
+reads the whole scene at full resolution.
+
+Storage (same URL + ``storage_options`` as the rest of dinoseg, see :mod:`dinoseg_core.storage`):
+
+- local paths and ``file://``: opened in place;
+- ``s3://``: GDAL's own ``/vsis3/`` driver (ranged reads, block cache), configured from ``storage_options``:
+  ``key``/``secret``/``token`` -> ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_SESSION_TOKEN``,
+  ``endpoint_url`` (or ``client_kwargs.endpoint_url``, or ``$AWS_ENDPOINT_URL``) -> ``AWS_S3_ENDPOINT`` without
+  its scheme, ``AWS_HTTPS=NO`` for ``http://`` endpoints and ``AWS_VIRTUAL_HOSTING=FALSE`` (path-style, as
+  MinIO/Ceph/moto want), ``client_kwargs.region_name`` -> ``AWS_REGION``, ``anon=True`` ->
+  ``AWS_NO_SIGN_REQUEST=YES``. Without keys GDAL uses its usual chain (environment, ``~/.aws``, instance role);
+- ``http(s)://``: GDAL's ``/vsicurl/``;
+- anything else fsspec knows (``memory://``, ``gs://``, ...): through an fsspec file object (rasterio's
+  ``opener``), with ``storage_options`` passed to fsspec.
+
+Bands are 1-based as in rasterio and GDAL: ``bands=(4, 3, 2)`` makes an RGB image of a Sentinel-2-like stack; a
+single band (``bands=(1,)``) is replicated to three channels. By default: bands (1, 2, 3) of a 3+ band file
+(alpha bands skipped), band 1 replicated for a 1-2 band file.
+
+Scaling (``stretch``), per scene and per selected band, so that every window of a scene is scaled identically
+(a per-window stretch would make seams):
+
+- ``"auto"`` (default): ``uint8`` data is divided by 255 (it is display-ready already); any other type gets the
+  percentile stretch below;
+- ``"percentile"``: the ``percentiles`` (default 2nd and 98th) of each band's valid pixels, computed from one
+  decimated read whose longer side is ``sample_size`` px (default 1024; GDAL serves it from the file's overviews
+  when it has them, as a COG does, else it samples every block once, without holding the scene), nearest
+  resampling so the sample is an unbiased subset of pixels. ``low -> 0``, ``high -> 1``, clipped;
+- ``"none"``: the data type's range (``uint8`` /255, ``uint16`` /65535, floats as they are), clipped to [0, 1];
+- explicit ``[(low, high), ...]``, one pair per selected band (or one pair for all).
+
+Validity: a pixel is valid when every selected band is valid in GDAL's mask (the file's nodata value, an internal
+mask band or an alpha band) and finite. Invalid pixels read as 0 in the image, and callers set them to False in
+predicted masks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from dinoseg_core import storage
+from dinoseg_core.errors import ImageDecodeError, InputError, MissingDependencyError, ObjectNotFoundError, StorageError
+
+try:  # rasterio is the optional "geo" extra
+    import rasterio
+    from rasterio.crs import CRS
+    from rasterio.enums import ColorInterp, Resampling
+    from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOError
+    from rasterio.transform import Affine
+    from rasterio.windows import Window
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise MissingDependencyError("rasterio", "Reading GeoTIFF/COG scenes (dinoseg_core.geo)", "rasterio>=1.4,<1.5") from exc
+
+__all__ = [
+    "DEFAULT_PERCENTILES",
+    "RasterSource",
+    "Window",
+    "gdal_env_options",
+    "open_raster",
+    "read_overview",
+    "read_reference",
+    "read_window",
+    "raster_reader",
+]
+
+#: Lower and upper percentile of the default per-band stretch.
+DEFAULT_PERCENTILES: tuple[float, float] = (2.0, 98.0)
+#: Longer side (px) of the decimated read the stretch statistics come from.
+DEFAULT_SAMPLE_SIZE = 1024
+
+_DTYPE_RANGE = {"uint8": 255.0, "uint16": 65535.0, "int16": 32767.0, "uint32": 4294967295.0, "int32": 2147483647.0}
+
+
+@dataclass(frozen=True)
+class RasterSource:
+    """A scene opened for windowed reading: everything :func:`read_window` needs, nothing read yet.
+
+    Attributes:
+        url: the scene's URL as given (``/data/scene.tif``, ``s3://bucket/scene.tif``, ...).
+        bands: the selected bands, 1-based, as given (1 or 3 of them; one band is replicated to RGB).
+        stretch: ``(low, high)`` per selected band: ``low`` maps to 0 and ``high`` to 1 (clipped).
+        crs: the coordinate reference system, or None for a file without one.
+        transform: the affine pixel -> CRS transform (the identity for a file without georeferencing).
+        width, height: the scene size in pixels.
+        nodata: the file's nodata value (of the first selected band), or None.
+        dtype: the file's data type (``"uint16"``, ...).
+        count: the number of bands in the file.
+        storage_options: fsspec-style options (credentials, endpoint); never shown in repr or messages.
+    """
+
+    url: str
+    bands: tuple[int, ...]
+    stretch: tuple[tuple[float, float], ...]
+    crs: CRS | None
+    transform: Affine
+    width: int
+    height: int
+    nodata: float | None
+    dtype: str
+    count: int
+    storage_options: dict[str, Any] | None = field(default=None, repr=False, compare=False, hash=False)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(height, width)``."""
+        return self.height, self.width
+
+    @property
+    def georeferenced(self) -> bool:
+        """Whether the file has a CRS and a non-identity geotransform."""
+        return self.crs is not None and not self.transform.is_identity
+
+    @property
+    def display_url(self) -> str:
+        return storage.display_url(self.url)
+
+    def require_georeferencing(self, purpose: str = "this operation") -> None:
+        """Raise :class:`InputError` unless the scene has a CRS and a geotransform."""
+        if self.crs is None or self.transform.is_identity:
+            missing = " and ".join(
+                what for what, gone in (("a CRS", self.crs is None), ("a geotransform", self.transform.is_identity))
+                if gone
+            )
+            raise InputError(
+                f"{self.display_url} has no georeferencing ({missing} missing), which {purpose} needs. Use a "
+                "GeoTIFF/COG with a CRS and a geotransform (e.g. `gdal_translate -a_srs EPSG:32633 -a_ullr ...`), "
+                "or process it as a plain image."
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able description for provenance attributes (no storage options)."""
+        return {
+            "url": self.display_url, "bands": list(self.bands), "stretch": [list(p) for p in self.stretch],
+            "crs_wkt": self.crs.to_wkt() if self.crs is not None else None, "transform": list(self.transform)[:6],
+            "width": self.width, "height": self.height, "nodata": self.nodata, "dtype": self.dtype,
+            "count": self.count,
+        }
+
+
+# ------------------------------------------------------------------------------------------------- opening
+
+
+def gdal_env_options(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, str]:
+    """GDAL configuration options that let ``/vsis3/`` read ``url`` with fsspec-style ``storage_options``.
+
+    Only ``s3://`` URLs get options; see the module docstring for the mapping. The result holds credentials:
+    never log it.
+    """
+    if storage.protocol(url) not in ("s3", "s3a"):
+        return {}
+    so = dict(storage_options or {})
+    client = dict(so.get("client_kwargs") or {})
+    options: dict[str, str] = {}
+    key = so.get("key") or so.get("aws_access_key_id")
+    secret = so.get("secret") or so.get("aws_secret_access_key")
+    token = so.get("token") or so.get("aws_session_token")
+    if key and secret:
+        options["AWS_ACCESS_KEY_ID"] = str(key)
+        options["AWS_SECRET_ACCESS_KEY"] = str(secret)
+        if token:
+            options["AWS_SESSION_TOKEN"] = str(token)
+    if so.get("anon"):
+        options["AWS_NO_SIGN_REQUEST"] = "YES"
+    region = client.get("region_name") or so.get("region_name")
+    if region:
+        options["AWS_REGION"] = str(region)
+    endpoint = so.get("endpoint_url") or client.get("endpoint_url") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        parts = urlsplit(str(endpoint))
+        options["AWS_S3_ENDPOINT"] = (parts.netloc + parts.path.rstrip("/")) if parts.netloc else str(endpoint)
+        options["AWS_HTTPS"] = "NO" if parts.scheme == "http" else "YES"
+        options["AWS_VIRTUAL_HOSTING"] = "FALSE"
+    return options
+
+
+def _gdal_path(url: str) -> str:
+    """rasterio path for ``url``: local paths as they are, s3/http natively, ``file://`` stripped."""
+    proto = storage.protocol(url)
+    if proto == "file":
+        return url[len("file://"):] if url.startswith("file://") else os.path.abspath(url)
+    if proto == "s3a":
+        return "s3://" + url.split("://", 1)[1]
+    return url
+
+
+@contextlib.contextmanager
+def _open_dataset(url: str, storage_options: dict[str, Any] | None) -> Iterator[Any]:
+    """``rasterio.open`` inside the right GDAL environment; open failures become dinoseg errors naming ``url``."""
+    shown = storage.display_url(url)
+    proto = storage.protocol(url)
+    opener = None
+    if proto not in ("file", "s3", "s3a", "http", "https"):
+        fs, path = storage.url_to_fs(url, storage_options)
+        opener, target = fs, path
+    else:
+        target = _gdal_path(url)
+    env = rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR", **gdal_env_options(url, storage_options))
+    with env:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                dataset = rasterio.open(target, opener=opener) if opener is not None else rasterio.open(target)
+        except RasterioIOError as exc:
+            raise _open_error(url, storage_options, exc) from exc
+        except RasterioError as exc:
+            raise ImageDecodeError(f"{shown}: cannot open as a raster ({exc}). Is it a GeoTIFF/COG?") from exc
+        try:
+            yield dataset
+        finally:
+            dataset.close()
+
+
+def _open_error(url: str, storage_options: dict[str, Any] | None, exc: Exception) -> Exception:
+    shown = storage.display_url(url)
+    text = str(exc)
+    try:
+        present = storage.exists(url, storage_options)
+    except Exception:  # the check itself failed (no network, bad credentials): report the raster error
+        present = True
+    if not present:
+        return ObjectNotFoundError(f"Cannot open {shown}: no such object. Check the path (and the bucket).")
+    if any(code in text for code in ("403", "Access Denied", "InvalidAccessKeyId", "SignatureDoesNotMatch")):
+        return StorageError(
+            f"Cannot open {shown}: access denied ({text}). Check the credentials in storage_options or the "
+            "environment."
+        )
+    return ImageDecodeError(
+        f"{shown}: not a readable GeoTIFF/COG (GDAL: {text}). The file is corrupt, truncated or not a raster; "
+        "re-export or re-upload it (`gdalinfo` shows what GDAL makes of it)."
+    )
+
+
+def _default_bands(dataset: Any) -> tuple[int, ...]:
+    colour = [i + 1 for i, ci in enumerate(dataset.colorinterp) if ci != ColorInterp.alpha]
+    if len(colour) >= 3:
+        return tuple(colour[:3])
+    return (colour[0] if colour else 1,)
+
+
+def _check_bands(bands: Any, count: int, shown: str) -> tuple[int, ...]:
+    if isinstance(bands, (int, np.integer)) and not isinstance(bands, bool):
+        bands = (bands,)
+    try:
+        chosen = tuple(bands)
+    except TypeError:
+        raise InputError(f"bands={bands!r} for {shown}: give 1-based band numbers, e.g. (4, 3, 2) or (1,)") from None
+    if len(chosen) not in (1, 3):
+        raise InputError(
+            f"bands={list(chosen)} for {shown}: select 3 bands (R, G, B order, e.g. (4, 3, 2)) or 1 band "
+            "(replicated to grey RGB)"
+        )
+    for band in chosen:
+        if isinstance(band, bool) or not isinstance(band, (int, np.integer)):
+            raise InputError(f"bands={list(chosen)} for {shown}: band numbers must be integers, got {band!r}")
+        if not 1 <= band <= count:
+            raise InputError(
+                f"band {band} is out of range for {shown}, which has {count} band{'s' if count != 1 else ''} "
+                f"(bands are numbered 1..{count}, 1-based as in rasterio/GDAL)"
+            )
+    return tuple(int(b) for b in chosen)
+
+
+def open_raster(
+    url: str | os.PathLike[str],
+    bands: Sequence[int] | int | None = None,
+    storage_options: dict[str, Any] | None = None,
+    *,
+    stretch: str | Sequence[Sequence[float]] = "auto",
+    percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
+    sample_size: int = DEFAULT_SAMPLE_SIZE,
+    require_georeferencing: bool = False,
+) -> RasterSource:
+    """Open a GeoTIFF/COG (or any raster GDAL reads): header, band selection and the scene's stretch.
+
+    Reads the header and, for a percentile stretch, one decimated sample (see the module docstring); never the
+    full-resolution scene.
+
+    Args:
+        url: local path or URL (``s3://``, ``https://``, ``memory://``, ...).
+        bands: 1-based band numbers, 3 (R, G, B) or 1 (grey); default see the module docstring.
+        storage_options: fsspec-style options (``key``, ``secret``, ``endpoint_url``, ...).
+        stretch: ``"auto"``, ``"percentile"``, ``"none"`` or explicit ``(low, high)`` pairs.
+        percentiles: lower and upper percentile of the percentile stretch.
+        sample_size: longer side of the decimated read for the statistics.
+        require_georeferencing: raise if the file has no CRS or no geotransform.
+
+    Raises:
+        InputError: a band out of range, a bad option, no georeferencing when required.
+        ImageDecodeError: the file is corrupt, truncated or not a raster (an ``InputError``).
+        ObjectNotFoundError: nothing at ``url``. StorageError: access denied and other storage failures.
+    """
+    url = os.fspath(url)
+    shown = storage.display_url(url)
+    low_pct, high_pct = _check_percentiles(percentiles)
+    with _open_dataset(url, storage_options) as ds:
+        chosen = _default_bands(ds) if bands is None else _check_bands(bands, ds.count, shown)
+        dtype = str(ds.dtypes[chosen[0] - 1])
+        nodata = ds.nodatavals[chosen[0] - 1]
+        source = RasterSource(
+            url=url, bands=chosen, stretch=((0.0, 1.0),) * len(chosen), crs=ds.crs, transform=ds.transform,
+            width=ds.width, height=ds.height, nodata=None if nodata is None else float(nodata), dtype=dtype,
+            count=ds.count, storage_options=storage_options,
+        )
+        if require_georeferencing:
+            source.require_georeferencing("this job")
+        pairs = _resolve_stretch(ds, source, stretch, (low_pct, high_pct), sample_size)
+    return dataclasses.replace(source, stretch=pairs)
+
+
+def _check_percentiles(percentiles: Sequence[float]) -> tuple[float, float]:
+    try:
+        low, high = (float(p) for p in percentiles)
+    except (TypeError, ValueError):
+        raise InputError(f"percentiles={percentiles!r}: give two numbers (low, high), e.g. (2, 98)") from None
+    if not 0.0 <= low < high <= 100.0:
+        raise InputError(f"percentiles={percentiles!r}: need 0 <= low < high <= 100, e.g. (2, 98)")
+    return low, high
+
+
+def _resolve_stretch(ds: Any, source: RasterSource, stretch: Any, pcts: tuple[float, float],
+                     sample_size: int) -> tuple[tuple[float, float], ...]:
+    n = len(source.bands)
+    if isinstance(stretch, str):
+        mode = stretch.lower()
+        if mode == "auto":
+            mode = "none" if source.dtype == "uint8" else "percentile"
+        if mode == "none":
+            top = _DTYPE_RANGE.get(source.dtype, 1.0)
+            return ((0.0, top),) * n
+        if mode == "percentile":
+            return _percentile_stretch(ds, source, pcts, sample_size)
+        raise InputError(
+            f"stretch={stretch!r} for {source.display_url}: use 'auto', 'percentile', 'none' or (low, high) pairs"
+        )
+    try:
+        pairs = [tuple(float(v) for v in pair) for pair in stretch]
+    except (TypeError, ValueError):
+        raise InputError(f"stretch={stretch!r}: give (low, high) pairs, one per selected band or one for all") from None
+    if len(pairs) == 1:
+        pairs = pairs * n
+    if len(pairs) != n or any(len(p) != 2 or not p[1] > p[0] for p in pairs):
+        raise InputError(
+            f"stretch={stretch!r} for {source.display_url}: need {n} (low, high) pair(s) with high > low, one per "
+            f"selected band {list(source.bands)} (or a single pair for all)"
+        )
+    return tuple(pairs)  # type: ignore[return-value]
+
+
+def _sample_shape(height: int, width: int, longer: int) -> tuple[int, int]:
+    scale = min(1.0, longer / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def _percentile_stretch(ds: Any, source: RasterSource, pcts: tuple[float, float],
+                        sample_size: int) -> tuple[tuple[float, float], ...]:
+    """Per-band percentiles of the valid pixels of one decimated (nearest) read."""
+    unique = sorted(set(source.bands))
+    out_hw = _sample_shape(source.height, source.width, int(sample_size))
+    try:
+        data = ds.read(unique, out_shape=(len(unique), *out_hw), resampling=Resampling.nearest, masked=False)
+        masks = ds.read_masks(unique, out_shape=(len(unique), *out_hw), resampling=Resampling.nearest)
+    except RasterioError as exc:
+        raise _read_error(source, "the stretch sample", exc) from exc
+    result: dict[int, tuple[float, float]] = {}
+    for i, band in enumerate(unique):
+        values = data[i][(masks[i] > 0) & np.isfinite(data[i])].astype(np.float64)
+        if values.size == 0:
+            result[band] = (0.0, 1.0)  # an all-nodata band: any finite pair will do
+            continue
+        low, high = np.percentile(values, pcts)
+        if not high > low:  # a constant band: map it to 0 rather than dividing by zero
+            high = low + 1.0
+        result[band] = (float(low), float(high))
+    return tuple(result[b] for b in source.bands)
+
+
+# ------------------------------------------------------------------------------------------------- reading
+
+
+def _as_window(window: Any, source: RasterSource) -> Window:
+    if window is None:
+        return Window(0, 0, source.width, source.height)
+    if not isinstance(window, Window):
+        raise InputError(
+            f"window={window!r}: pass a rasterio.windows.Window(col_off, row_off, width, height) "
+            "(dinoseg_core.geo.Window)"
+        )
+    col, row, width, height = (window.col_off, window.row_off, window.width, window.height)
+    if any(v != int(v) for v in (col, row, width, height)):
+        raise InputError(f"window {window!r}: offsets and sizes must be whole pixels")
+    col, row, width, height = int(col), int(row), int(width), int(height)
+    if width <= 0 or height <= 0 or col < 0 or row < 0 or col + width > source.width or row + height > source.height:
+        raise InputError(
+            f"window (col {col}, row {row}, {width}x{height}) is not inside {source.display_url} "
+            f"({source.width}x{source.height} px)"
+        )
+    return Window(col, row, width, height)
+
+
+def _read_error(source: RasterSource, what: str, exc: Exception) -> ImageDecodeError:
+    cause = exc.__cause__ or exc.__context__
+    detail = f"{exc}" + (f" ({cause})" if cause is not None and str(cause) not in str(exc) else "")
+    return ImageDecodeError(
+        f"{source.display_url}: cannot read {what}: {detail}. The file is corrupt or truncated (a partial "
+        "upload?); re-export or re-upload it."
+    )
+
+
+class RasterReader:
+    """An open scene for many window reads (one GDAL handle; not shared between threads). Use
+    :func:`raster_reader`."""
+
+    def __init__(self, source: RasterSource, dataset: Any):
+        self.source = source
+        self._ds = dataset
+        # rasterio reads each distinct band once; a replicated grey band is read once and repeated
+        self._unique = sorted(set(source.bands))
+        self._pick = [self._unique.index(b) for b in source.bands] if len(source.bands) == 3 else [0, 0, 0]
+        low = np.array([source.stretch[source.bands.index(b)][0] for b in self._unique], np.float32)
+        high = np.array([source.stretch[source.bands.index(b)][1] for b in self._unique], np.float32)
+        self._low, self._scale = low[:, None, None], (1.0 / (high - low))[:, None, None]
+
+    def read(self, window: Window | None = None, out_shape: tuple[int, int] | None = None,
+             resampling: str = "average") -> tuple[np.ndarray, np.ndarray]:
+        """One window, optionally resampled to ``out_shape`` ``(h, w)`` (``average`` by default: an anti-aliased
+        thumbnail; GDAL uses overviews when the file has them).
+
+        Returns:
+            image ``float32 (h, w, 3)`` in ``[0, 1]`` (invalid pixels 0), valid ``bool (h, w)``.
+        """
+        win = _as_window(window, self.source)
+        shape = (int(win.height), int(win.width)) if out_shape is None else tuple(int(v) for v in out_shape)
+        method = getattr(Resampling, resampling)
+        try:
+            data = self._ds.read(self._unique, window=win, out_shape=(len(self._unique), *shape), resampling=method,
+                                 out_dtype=np.float32)
+            masks = self._ds.read_masks(self._unique, window=win, out_shape=(len(self._unique), *shape),
+                                        resampling=Resampling.nearest)
+        except RasterioError as exc:
+            where = f"window (col {int(win.col_off)}, row {int(win.row_off)}, {int(win.width)}x{int(win.height)})"
+            raise _read_error(self.source, where, exc) from exc
+        valid = np.all(masks > 0, axis=0) & np.all(np.isfinite(data), axis=0)
+        data -= self._low
+        data *= self._scale
+        np.clip(data, 0.0, 1.0, out=data)
+        data[:, ~valid] = 0.0
+        image = np.ascontiguousarray(np.moveaxis(data[self._pick], 0, -1))
+        return image, valid
+
+
+@contextlib.contextmanager
+def raster_reader(source: RasterSource) -> Iterator[RasterReader]:
+    """Open ``source`` once for many :meth:`RasterReader.read` calls."""
+    with _open_dataset(source.url, source.storage_options) as ds:
+        if (ds.width, ds.height, ds.count) != (source.width, source.height, source.count):
+            raise InputError(
+                f"{source.display_url} changed since it was opened ({source.width}x{source.height}, {source.count} "
+                f"bands then; {ds.width}x{ds.height}, {ds.count} bands now): open it again"
+            )
+        yield RasterReader(source, ds)
+
+
+def read_window(source: RasterSource, window: Window | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Read one pixel window of ``source`` at full resolution (the whole scene for ``window=None``: only for
+    small rasters).
+
+    Args:
+        window: ``Window(col_off, row_off, width, height)`` inside the scene.
+    Returns:
+        image ``float32 (h, w, 3)`` in ``[0, 1]`` (the scene's stretch; invalid pixels 0), valid ``bool (h, w)``.
+    """
+    with raster_reader(source) as reader:
+        return reader.read(window)
+
+
+def read_overview(source: RasterSource, longer_side: int) -> tuple[np.ndarray, np.ndarray]:
+    """The whole scene downscaled (average resampling) so that its longer side is ``longer_side`` px (never
+    upscaled); read from the file's overviews when it has them. Returns image ``float32 (h, w, 3)`` and valid
+    ``bool (h, w)`` as :func:`read_window`."""
+    shape = _sample_shape(source.height, source.width, int(longer_side))
+    with raster_reader(source) as reader:
+        return reader.read(None, out_shape=shape)
+
+
+def read_reference(
+    image_url: str | os.PathLike[str],
+    mask_url: str | os.PathLike[str],
+    window: Window | None = None,
+    bands: Sequence[int] | int | None = None,
+    storage_options: dict[str, Any] | None = None,
+    **open_kwargs: Any,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A reference shot from rasters: a window of a GeoTIFF and the same window of its mask raster.
+
+    The mask raster (any format GDAL reads: GeoTIFF, PNG, ...) must have the image's size; its first band > 0 is
+    the concept. Invalid (nodata) pixels of the image are removed from the mask. ``open_kwargs`` go to
+    :func:`open_raster` (``stretch``, ``percentiles``, ...); the stretch is the whole scene's, as for targets.
+
+    Returns:
+        image ``float32 (h, w, 3)`` in ``[0, 1]``, mask ``bool (h, w)``.
+    Raises:
+        InputError: sizes differ, the window is outside the scene, or the mask is empty inside the window.
+    """
+    source = open_raster(image_url, bands, storage_options, **open_kwargs)
+    image, valid = read_window(source, window)
+    mask_url = os.fspath(mask_url)
+    with _open_dataset(mask_url, storage_options) as mds:
+        if (mds.height, mds.width) != source.shape:
+            raise InputError(
+                f"reference mask {storage.display_url(mask_url)} is {mds.width}x{mds.height} px but its image "
+                f"{source.display_url} is {source.width}x{source.height} px; a mask must cover its image pixel "
+                "for pixel"
+            )
+        win = _as_window(window, source)
+        try:
+            mask = mds.read(1, window=win) > 0
+        except RasterioError as exc:
+            raise ImageDecodeError(f"{storage.display_url(mask_url)}: cannot read the mask: {exc}") from exc
+    mask &= valid
+    if not mask.any():
+        raise InputError(
+            f"reference mask {storage.display_url(mask_url)} is empty inside the window of {source.display_url}: "
+            "choose a window that shows the concept"
+        )
+    return image, mask
+
+
+def window_bounds_to_pixels(source: RasterSource, left: float, bottom: float, right: float, top: float) -> Window:
+    """The pixel window (rounded outwards, clipped to the scene) covering CRS bounds; for references given as a
+    bounding box in map coordinates."""
+    source.require_georeferencing("a window given in map coordinates")
+    from rasterio.windows import from_bounds
+
+    win = from_bounds(left, bottom, right, top, transform=source.transform)
+    col0, row0 = max(0, math.floor(win.col_off)), max(0, math.floor(win.row_off))
+    col1 = min(source.width, math.ceil(win.col_off + win.width))
+    row1 = min(source.height, math.ceil(win.row_off + win.height))
+    if col1 <= col0 or row1 <= row0:
+        raise InputError(f"bounds ({left}, {bottom}, {right}, {top}) do not overlap {source.display_url}")
+    return Window(col0, row0, col1 - col0, row1 - row0)

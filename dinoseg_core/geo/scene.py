@@ -1,0 +1,332 @@
+"""INSID3 on scenes larger than the model input: windows at full resolution, a global pass for context, seamless
+stitching, masks streamed to a writer. Peak memory does not depend on the scene's size.
+
+Usage::
+
+    source = open_raster("s3://bucket/scene.tif", bands=(4, 3, 2), storage_options=so)
+    refs = segmenter.embed_references([ref_image], [ref_mask])          # e.g. from geo.read_reference
+    with ZarrMaskWriter.create(url, source, storage_options=so) as writer:
+        result = segment_scene(segmenter, refs, source, writer)
+
+What happens (:func:`segment_scene`):
+
+1. **Global pass** (the local-global idea of dinov3.seg): the whole scene is read once, downscaled (average
+   resampling, from overviews when the file has them) to ``context_size`` px on its longer side (default: the
+   segmenter's ``image_size``), and put through the backbone. Its patch similarity to the prototype, ``s_global``
+   (a small ``(gh, gw)`` map over the whole scene), is kept, and the scene's forward threshold ``t`` is fixed
+   once: 0 (the paper's rule) if any patch of the global map is positive, else the map's 90th percentile (the
+   paper's fallback, applied to the scene rather than to each window).
+2. **Windows** (:class:`~dinoseg_core.geo.windows.WindowGrid`): ``window_size`` px (default ``image_size``, i.e.
+   full resolution) with ``overlap`` px; windows without a single valid pixel are skipped. For each window, one
+   backbone pass gives the local similarity ``s_local`` on its patch grid; ``s_global`` is sampled at the
+   window's patch centres (bilinear) and fused::
+
+       s = (1 - global_weight) * s_local + global_weight * s_global
+
+   ``s`` replaces the prototype similarity in exactly the two places INSID3 uses it
+   (:func:`segment_features_in_context`): the forward candidate test (step 6: ``s > t``, no per-window fallback,
+   so a window without the concept may come out empty) and the cross term of the cluster score (step 8: the mean
+   of ``s`` over a cluster). Clustering, the backward test, seed selection and the intra/area terms stay local.
+   A concept is thus judged against the whole scene: a region that only looks like the concept within its
+   window loses cross-similarity where the scene-level map disagrees, and neighbouring windows share a common
+   prior, so they decide alike in their overlap. ``global_context=False`` (or ``global_weight=0``) turns this
+   off: every window is then segmented exactly as :meth:`InContextSegmenter.segment_features` would.
+3. **Stitching** (:class:`~dinoseg_core.geo.windows.Stitcher`): each window's aggregated patch mask, upsampled
+   bilinearly to the window's pixels, is its soft foreground score; overlapping windows cross-fade linearly and
+   the mask is ``score >= 0.5`` and valid (nodata is never foreground). Blocks go to ``writer(row_off, col_off,
+   mask)`` as soon as their last window is done, each pixel once.
+
+Memory: one window's image and features, the small global map, and the stitcher's overlap strip
+(``O(overlap x width)`` float32). Nothing of the scene's full size is allocated here; the writer decides where
+the mask goes (:class:`~dinoseg_core.geo.writer.ZarrMaskWriter`: a chunked zarr array on disk or S3).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dinoseg_core.aggregate import aggregate, score_clusters
+from dinoseg_core.candidates import FALLBACK_PERCENTILE, backward_candidates, forward_candidates
+from dinoseg_core.config import InsidConfig
+from dinoseg_core.errors import InputError
+from dinoseg_core.geo.raster import RasterSource, raster_reader
+from dinoseg_core.geo.windows import MaskWriter, Stitcher, WindowGrid
+from dinoseg_core.preprocess import resize_mask
+from dinoseg_core.prototype import ReferenceSet
+from dinoseg_core.refine import crf_refine, upsample_patch_mask
+from dinoseg_core.segmenter import FEATURE_FIELDS, InContextSegmenter, Segmentation, TargetFeatures
+
+__all__ = ["SceneConfig", "SceneResult", "segment_features_in_context", "segment_scene"]
+
+
+@dataclass(frozen=True)
+class SceneConfig:
+    """How a large scene is windowed, put in context and stitched. The ``help`` metadata is for CLI options."""
+
+    window_size: int | None = field(
+        default=None, metadata={"help": "window side in scene pixels; default the model's image_size (full resolution)"}
+    )
+    overlap: int = field(default=128, metadata={"help": "minimum overlap of neighbouring windows in pixels"})
+    global_context: bool = field(
+        default=True, metadata={"help": "fuse a downscaled whole-scene pass into every window (local-global)"}
+    )
+    global_weight: float = field(
+        default=0.5, metadata={"help": "weight of the whole-scene similarity in the fused similarity, in [0, 1]"}
+    )
+    context_size: int | None = field(
+        default=None, metadata={"help": "longer side in px of the whole-scene pass; default the model's image_size"}
+    )
+    threshold: float = field(default=0.5, metadata={"help": "stitched foreground score at or above which a pixel is in"})
+
+    def __post_init__(self) -> None:
+        for name in ("window_size", "context_size"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 16):
+                raise InputError(f"{name}={value!r}: must be an int of at least 16 px (or None for the default)")
+        if isinstance(self.overlap, bool) or not isinstance(self.overlap, int) or self.overlap < 0:
+            raise InputError(f"overlap={self.overlap!r}: must be an int >= 0 (pixels)")
+        if self.window_size is not None and self.overlap >= self.window_size:
+            raise InputError(f"overlap={self.overlap} must be smaller than window_size={self.window_size}")
+        if not 0.0 <= self.global_weight <= 1.0:
+            raise InputError(f"global_weight={self.global_weight}: must be in [0, 1]")
+        if not 0.0 < self.threshold < 1.0:
+            raise InputError(f"threshold={self.threshold}: must be in (0, 1)")
+
+    def replace(self, **changes: Any) -> "SceneConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SceneConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InputError(f"unknown scene config field(s) {unknown}; known fields: {sorted(known)}")
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class SceneResult:
+    """What :func:`segment_scene` reports (small values only; the mask went to the writer).
+
+    Attributes:
+        shape: ``(H, W)`` of the scene.
+        windows: number of windows; ``windows_skipped``: of those, windows without a valid pixel.
+        foreground_pixels: pixels in the mask.
+        global_similarity: ``float32 (gh, gw)`` similarity of the whole-scene pass (None without global context);
+            a cheap preview of the concept over the scene, e.g. for the archive's ``similarity`` array.
+        forward_threshold: the scene-level forward threshold (None without global context).
+        config: the :class:`SceneConfig` used, with defaults resolved, as a dict.
+        timings: seconds: ``global``, ``read``, ``backbone``, ``segment``, ``stitch`` (writer included), ``total``.
+    """
+
+    shape: tuple[int, int]
+    windows: int
+    windows_skipped: int
+    foreground_pixels: int
+    global_similarity: np.ndarray | None
+    forward_threshold: float | None
+    config: dict[str, Any]
+    timings: dict[str, float]
+
+
+def segment_features_in_context(
+    segmenter: InContextSegmenter,
+    references: ReferenceSet,
+    target: TargetFeatures,
+    prior: np.ndarray | torch.Tensor | None = None,
+    global_weight: float = 0.5,
+    forward_threshold: float | None = None,
+    config: InsidConfig | None = None,
+) -> Segmentation:
+    """INSID3 steps 6-9 on one window, with a similarity prior from the whole scene.
+
+    Identical to :meth:`InContextSegmenter.segment_features` when ``prior`` is None and ``forward_threshold`` is
+    None. Otherwise the fused similarity ``s = (1 - w) * s_local + w * prior`` drives the forward test (``s >
+    forward_threshold``, or the paper's rule when it is None) and the clusters' cross term.
+
+    Args:
+        prior: ``(h, w)`` (the target's patch grid) global similarity sampled at the target's patch centres.
+        global_weight: ``w`` in [0, 1].
+        forward_threshold: scene-level forward threshold; None: the paper's per-image rule (> 0, else 90th pct).
+        config: per-concept tau / merge_threshold / crf (feature fields must match the segmenter's).
+    Returns:
+        a :class:`Segmentation` whose ``similarity`` is the fused similarity.
+    """
+    config = config or segmenter.config
+    differing = [f for f in FEATURE_FIELDS if getattr(config, f) != getattr(segmenter.config, f)]
+    if differing:
+        raise InputError(f"config fields {differing} change the features and must match the segmenter's")
+    timings = dict(target.timings)
+    start = time.perf_counter()
+    prototype = references.prototype.to(target.features_debiased.device)
+    similarity = target.features_debiased @ prototype
+    if prior is not None:
+        prior_t = torch.as_tensor(prior, dtype=similarity.dtype, device=similarity.device).reshape(-1)
+        if prior_t.shape != similarity.shape:
+            raise InputError(f"prior has {prior_t.numel()} values but the target has {similarity.numel()} patches")
+        similarity = (1.0 - global_weight) * similarity + global_weight * prior_t
+    forward = forward_candidates(similarity) if forward_threshold is None else similarity > forward_threshold
+    candidates = forward & backward_candidates(target.features_debiased, references)
+    timings["matching"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    labels = target.clusters(config.tau)
+    timings["clustering"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    scores = score_clusters(labels, candidates, target.features, target.features_debiased, prototype)
+    if prior is not None:
+        label_t = torch.as_tensor(labels, device=similarity.device).long()
+        sums = torch.zeros(int(label_t.max()) + 1, dtype=similarity.dtype, device=similarity.device)
+        sums.index_add_(0, label_t, similarity)
+        counts = torch.bincount(label_t, minlength=sums.shape[0]).clamp_min(1).to(similarity.dtype)
+        scores = dataclasses.replace(scores, cross=sums / counts)  # step 8's cross term on the fused similarity
+    patch_mask = aggregate(labels, scores, config.merge_threshold).view(target.grid)
+    input_mask = upsample_patch_mask(patch_mask, target.input_hw).cpu().numpy()
+    timings["aggregation"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    if config.crf:
+        input_mask = crf_refine(target.image_resized, input_mask, config.image_size)
+    timings["crf"] = time.perf_counter() - start
+    return Segmentation(
+        mask=resize_mask(input_mask, target.original_hw),
+        similarity=similarity.view(target.grid).float().cpu().numpy(),
+        patch_mask=patch_mask.cpu().numpy(),
+        timings=timings,
+    )
+
+
+def _soft_score(segmentation: Segmentation, target: TargetFeatures, crf: bool) -> np.ndarray:
+    """The window's foreground score ``float32 (H, W)`` in [0, 1]: its patch mask upsampled bilinearly to the
+    window's pixels (what the segmenter thresholds at 0.5), or the CRF-refined mask resized when CRF is on."""
+    h, w = target.original_hw
+    if crf:
+        return segmentation.mask.astype(np.float32)
+    patch = torch.from_numpy(segmentation.patch_mask.astype(np.float32))[None, None]
+    return F.interpolate(patch, size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+def _sample_prior(global_sim: torch.Tensor, window: Any, grid: tuple[int, int], scene_hw: tuple[int, int]) -> torch.Tensor:
+    """``global_sim`` (gh, gw) over the scene, sampled bilinearly at the patch centres of a window's ``grid``."""
+    height, width = scene_hw
+    gh, gw = grid
+    r0, c0 = float(window.row_off), float(window.col_off)
+    wh, ww = float(window.height), float(window.width)
+    ys = (r0 + (torch.arange(gh, dtype=torch.float32) + 0.5) * wh / gh) / height * 2.0 - 1.0
+    xs = (c0 + (torch.arange(gw, dtype=torch.float32) + 0.5) * ww / gw) / width * 2.0 - 1.0
+    yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+    points = torch.stack([xx, yy], dim=-1)[None].to(global_sim.device)
+    sampled = F.grid_sample(global_sim[None, None].float(), points, mode="bilinear", padding_mode="border",
+                            align_corners=False)
+    return sampled[0, 0]
+
+
+def segment_scene(
+    segmenter: InContextSegmenter,
+    references: ReferenceSet,
+    source: RasterSource,
+    writer: MaskWriter,
+    *,
+    config: SceneConfig | None = None,
+    window_size: int | None = None,
+    overlap: int | None = None,
+    context_size: int | None = None,
+    global_context: bool | None = None,
+    insid_config: InsidConfig | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> SceneResult:
+    """Segment the references' concept in a whole scene, window by window, in bounded memory.
+
+    Args:
+        segmenter: the in-context segmenter (its ``image_size`` is the model input per window).
+        references: embedded once with ``segmenter.embed_references`` (reference images may be GeoTIFF windows:
+            :func:`dinoseg_core.geo.read_reference`).
+        source: the scene, from :func:`dinoseg_core.geo.open_raster`.
+        writer: ``writer(row_off, col_off, mask bool (h, w))``, called with non-overlapping blocks that tile the
+            scene exactly once (e.g. :class:`~dinoseg_core.geo.writer.ZarrMaskWriter`).
+        config: a :class:`SceneConfig`; the keyword arguments below override single fields of it.
+        insid_config: per-concept tau / merge_threshold / crf (default the segmenter's config).
+        progress: called as ``progress(windows_done, windows_total)`` after each window.
+    Returns:
+        :class:`SceneResult` (counts, the global similarity preview, timings).
+    """
+    config = config or SceneConfig()
+    overrides = {k: v for k, v in (("window_size", window_size), ("overlap", overlap),
+                                   ("context_size", context_size), ("global_context", global_context)) if v is not None}
+    image_size = segmenter.config.image_size
+    config = config.replace(**overrides)
+    config = config.replace(window_size=config.window_size or image_size, context_size=config.context_size or image_size)
+    insid = insid_config or segmenter.config
+    use_context = config.global_context and config.global_weight > 0.0
+    grid = WindowGrid.build(source.height, source.width, config.window_size, min(config.overlap, config.window_size - 1))
+    timings = dict.fromkeys(("global", "read", "backbone", "segment", "stitch"), 0.0)
+    start_all = time.perf_counter()
+
+    with raster_reader(source) as reader:
+        global_sim: torch.Tensor | None = None
+        threshold: float | None = None
+        if use_context:
+            start = time.perf_counter()
+            longer = config.context_size
+            scale = min(1.0, longer / max(source.height, source.width))
+            shape = (max(16, round(source.height * scale)), max(16, round(source.width * scale)))
+            thumb, _ = reader.read(None, out_shape=shape)
+            target = segmenter.extract_target(thumb, f"{source.display_url} (whole scene)")
+            global_sim = (target.features_debiased @ references.prototype.to(target.features_debiased.device))
+            global_sim = global_sim.view(target.grid).float()
+            positive = bool((global_sim > 0).any())
+            threshold = 0.0 if positive else float(torch.quantile(global_sim.flatten(), FALLBACK_PERCENTILE))
+            del thumb, target
+            timings["global"] = time.perf_counter() - start
+
+        stitcher = Stitcher(grid, writer, config.threshold)
+        skipped = 0
+        for done, (i, j, window) in enumerate(grid, start=1):
+            start = time.perf_counter()
+            image, valid = reader.read(window)
+            timings["read"] += time.perf_counter() - start
+            if not valid.any():
+                skipped += 1
+                score = np.zeros(valid.shape, np.float32)
+            else:
+                start = time.perf_counter()
+                target = segmenter.extract_target(image, f"{source.display_url} window ({i}, {j})")
+                timings["backbone"] += time.perf_counter() - start
+                start = time.perf_counter()
+                prior = _sample_prior(global_sim, window, target.grid, source.shape) if use_context else None
+                seg = segment_features_in_context(
+                    segmenter, references, target, prior=prior, global_weight=config.global_weight,
+                    forward_threshold=threshold, config=insid,
+                )
+                score = _soft_score(seg, target, insid.crf)
+                timings["segment"] += time.perf_counter() - start
+                del target, seg
+            start = time.perf_counter()
+            stitcher.add(i, j, score, valid)
+            timings["stitch"] += time.perf_counter() - start
+            if progress is not None:
+                progress(done, len(grid))
+        stitcher.close()
+    timings["total"] = time.perf_counter() - start_all
+    return SceneResult(
+        shape=source.shape,
+        windows=len(grid),
+        windows_skipped=skipped,
+        foreground_pixels=stitcher.foreground_pixels,
+        global_similarity=None if global_sim is None else global_sim.cpu().numpy(),
+        forward_threshold=threshold,
+        config=config.to_dict(),
+        timings=timings,
+    )

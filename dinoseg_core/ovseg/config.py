@@ -1,0 +1,218 @@
+"""Every number of open-vocabulary segmentation, written once.
+
+Three frozen configs, one per concern:
+
+- :class:`OvsegConfig`: inference (zero-shot and the trained dinov3.seg model alike): prompt templates, how the
+  patch-text similarity and the image-level prior are combined, background handling, and the high-resolution
+  local-global windowing (short side 640, windows 384 with stride 256, plus one global view).
+- :class:`SegHeadConfig`: the architecture of the trainable dinov3.seg head (:mod:`dinoseg_core.ovseg.model`).
+- :class:`TrainConfig`: the training loop (:mod:`dinoseg_core.ovseg.train`).
+
+The windowing numbers (640 / 384 / 256) are the ones the issue gives for dinov3.seg's local-global inference;
+the temperature, prior weight and head sizes are our choices (no code or weights of dinov3.seg are public), and
+none of them has been tuned on real weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, TypeVar
+
+from dinoseg_core.errors import InputError
+
+__all__ = [
+    "DEFAULT_TEMPLATES",
+    "PAPER_MIOU",
+    "OvsegConfig",
+    "SegHeadConfig",
+    "TrainConfig",
+]
+
+#: Prompt ensemble (the "scene" templates of ViLD, used by many open-vocabulary segmentation works). Each class
+#: embedding is the renormalised mean of the unit embeddings of these prompts, per half (CLS / patch).
+DEFAULT_TEMPLATES: tuple[str, ...] = (
+    "a photo of a {}.",
+    "a photo of the {}.",
+    "there is a {} in the scene.",
+    "there is the {} in the scene.",
+    "this is a {} in the scene.",
+    "this is the {} in the scene.",
+    "this is one {} in the scene.",
+)
+
+#: mIoU (%) reported in the dinov3.seg description (arXiv 2603.19531), for reference only: nothing in this
+#: repository reproduces them (they need the real dino.txt weights and a dinov3.seg model trained on COCO-Stuff).
+PAPER_MIOU: dict[str, dict[str, float]] = {
+    "dinov3.seg": {"A-847": 20.1, "PC-459": 27.8, "A-150": 42.2, "PC-59": 64.3, "PAS-20": 97.9},
+    "CAT-Seg ViT-L": {"A-847": 16.0, "PC-459": 23.8, "A-150": 37.9, "PC-59": 63.3, "PAS-20": 97.0},
+}
+
+_C = TypeVar("_C")
+
+
+class _ConfigMixin:
+    """replace / to_dict / from_dict / digest, shared by the three configs."""
+
+    def replace(self: _C, **changes: Any) -> _C:
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)  # type: ignore[call-overload]
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+    @classmethod
+    def from_dict(cls: type[_C], data: dict[str, Any]) -> _C:
+        known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise InputError(f"unknown {cls.__name__} field(s) {unknown}; known fields: {sorted(known)}")
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**values)
+
+    def digest(self) -> str:
+        """Stable sha256 of the config, for provenance and cache keys."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
+def _positive(name: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise InputError(f"{name}={value!r}: must be a positive integer")
+
+
+@dataclass(frozen=True)
+class OvsegConfig(_ConfigMixin):
+    """Inference of open-vocabulary segmentation (zero-shot dino.txt and the trained dinov3.seg head).
+
+    The ``help`` metadata of each field is what a CLI shows.
+    """
+
+    short_side: int | None = field(
+        default=640, metadata={"help": "resize so the shorter image side is this many pixels (None: keep the size, "
+                                       "rounded to the patch size)"})
+    window: int = field(default=384, metadata={"help": "side of the square sliding windows, pixels of the resized "
+                                                       "image (multiple of the patch size)"})
+    stride: int = field(default=256, metadata={"help": "step between windows (<= window; multiple of the patch size)"})
+    global_view: bool = field(default=True, metadata={
+        "help": "add one view of the whole image, longer side resized to the window"})
+    global_weight: float = field(default=0.5, metadata={
+        "help": "weight of the global view's logits against the averaged windows' (0..1)"})
+    output_stride: int = field(default=4, metadata={
+        "help": "pixels per cell of the grid the views are aggregated on (divides the patch size)"})
+    templates: tuple[str, ...] = field(default=DEFAULT_TEMPLATES, metadata={
+        "help": "prompt templates, each with one '{}' for the class name; their embeddings are averaged"})
+    temperature: float = field(default=0.01, metadata={
+        "help": "softmax temperature of cosine similarities over classes (CLIP's logit scale 100 = 1/0.01)"})
+    prior_weight: float = field(default=1.0, metadata={
+        "help": "weight of the image-level prior (log-softmax of CLS-text similarity) added to patch logits"})
+    background_threshold: float | None = field(default=None, metadata={
+        "help": "pixels whose top class probability is below this become background (label 0); None: never"})
+    background_prompts: tuple[str, ...] = field(default=(), metadata={
+        "help": "extra 'classes' (e.g. 'background', 'sky') that compete with the user's and map to label 0"})
+    batch_windows: int = field(default=8, metadata={"help": "windows per forward pass"})
+
+    def __post_init__(self) -> None:
+        if self.short_side is not None:
+            _positive("short_side", self.short_side)
+        for name in ("window", "stride", "output_stride", "batch_windows"):
+            _positive(name, getattr(self, name))
+        if self.stride > self.window:
+            raise InputError(f"stride={self.stride} is larger than window={self.window}: windows would leave gaps; "
+                             "use a stride <= the window")
+        if not 0.0 <= self.global_weight <= 1.0:
+            raise InputError(f"global_weight={self.global_weight}: must be in [0, 1]")
+        if not self.temperature > 0:
+            raise InputError(f"temperature={self.temperature}: must be > 0")
+        if self.prior_weight < 0:
+            raise InputError(f"prior_weight={self.prior_weight}: must be >= 0 (0 disables the image-level prior)")
+        if self.background_threshold is not None and not 0.0 <= self.background_threshold <= 1.0:
+            raise InputError(f"background_threshold={self.background_threshold}: must be a probability in [0, 1]")
+        _check_templates(self.templates)
+        for prompt in self.background_prompts:
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise InputError(f"background_prompts={self.background_prompts!r}: every prompt must be a non-empty "
+                                 "string")
+
+    def check_patch_size(self, patch_size: int) -> None:
+        """Raise :class:`InputError` unless the window geometry fits a backbone of ``patch_size``."""
+        for name in ("window", "stride"):
+            value = getattr(self, name)
+            if value % patch_size:
+                raise InputError(f"{name}={value} is not a multiple of the backbone's patch size {patch_size}; use "
+                                 f"e.g. {max(patch_size, round(value / patch_size) * patch_size)}")
+        if patch_size % self.output_stride:
+            raise InputError(f"output_stride={self.output_stride} does not divide the patch size {patch_size}; use "
+                             "a divisor such as 4 or 8")
+
+
+def _check_templates(templates: tuple[str, ...]) -> None:
+    if not isinstance(templates, tuple) or not templates:
+        raise InputError(f"templates={templates!r}: give a non-empty tuple of strings, each with one '{{}}'")
+    for template in templates:
+        if not isinstance(template, str) or template.count("{}") != 1:
+            raise InputError(f"template {template!r} must be a string with exactly one '{{}}' for the class name, "
+                             "e.g. 'a photo of a {}.'")
+
+
+@dataclass(frozen=True)
+class SegHeadConfig(_ConfigMixin):
+    """Architecture of the trainable dinov3.seg head (see :class:`dinoseg_core.ovseg.model.SegHead`).
+
+    ``feature_dim`` is the width of the dino.txt vision head (1024 for ViT-L); it is taken from the loaded
+    towers, not chosen.
+    """
+
+    feature_dim: int = 1024
+    early_blocks: int = field(default=1, metadata={"help": "residual conv blocks refining patch features before "
+                                                           "the matching"})
+    hidden: int = field(default=128, metadata={"help": "channels of the embedded correlation volume"})
+    spatial_blocks: int = field(default=2, metadata={"help": "per-class residual conv blocks (spatial aggregation)"})
+    class_blocks: int = field(default=1, metadata={"help": "transformer layers across classes (class aggregation)"})
+    class_heads: int = field(default=4, metadata={"help": "attention heads of the class aggregation"})
+    decoder_channels: tuple[int, ...] = field(default=(64, 32), metadata={
+        "help": "channels of each x2 upsampling stage of the decoder (two stages: patch/4 output)"})
+
+    def __post_init__(self) -> None:
+        for name in ("feature_dim", "hidden", "class_heads"):
+            _positive(name, getattr(self, name))
+        for name in ("early_blocks", "spatial_blocks", "class_blocks"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise InputError(f"{name}={value!r}: must be an integer >= 0")
+        if self.hidden % self.class_heads:
+            raise InputError(f"hidden={self.hidden} must be a multiple of class_heads={self.class_heads}")
+        if not isinstance(self.decoder_channels, tuple) or not all(
+                isinstance(c, int) and c > 0 for c in self.decoder_channels):
+            raise InputError(f"decoder_channels={self.decoder_channels!r}: give a tuple of positive integers")
+
+
+@dataclass(frozen=True)
+class TrainConfig(_ConfigMixin):
+    """The dinov3.seg training loop (backbone and text tower frozen; only the head learns)."""
+
+    batch_size: int = field(default=4, metadata={"help": "images per step"})
+    lr: float = field(default=2e-4, metadata={"help": "AdamW learning rate"})
+    weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay"})
+    schedule: Literal["constant", "cosine"] = field(default="cosine", metadata={
+        "help": "learning-rate schedule over the requested number of steps"})
+    short_side: int = field(default=512, metadata={"help": "resize training images so the shorter side is this"})
+    crop: int = field(default=384, metadata={"help": "random square crop side (multiple of the patch size)"})
+    hflip: bool = field(default=True, metadata={"help": "random horizontal flips"})
+    templates: tuple[str, ...] = field(default=DEFAULT_TEMPLATES, metadata={"help": "prompt templates for the "
+                                                                                     "class embeddings"})
+    ignore_index: int = field(default=255, metadata={"help": "label value excluded from the loss"})
+    seed: int = field(default=0, metadata={"help": "seed of the data order, crops and flips (per step)"})
+    checkpoint_every: int = field(default=500, metadata={"help": "steps between checkpoints"})
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "short_side", "crop", "checkpoint_every"):
+            _positive(name, getattr(self, name))
+        if not self.lr > 0:
+            raise InputError(f"lr={self.lr}: must be > 0")
+        if self.weight_decay < 0:
+            raise InputError(f"weight_decay={self.weight_decay}: must be >= 0")
+        if self.schedule not in ("constant", "cosine"):
+            raise InputError(f"schedule={self.schedule!r}: use 'constant' or 'cosine'")
+        _check_templates(self.templates)

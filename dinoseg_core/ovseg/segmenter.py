@@ -1,0 +1,164 @@
+"""Open-vocabulary segmentation of one image, in stage order: resize -> windows + global view -> score -> aggregate
+-> upsample -> label.
+
+Usage::
+
+    dinotxt = load_dinotxt(weights, backbone="dinov3-vitl16", bpe="bpe_simple_vocab_16e6.txt.gz")
+    segmenter = TextSegmenter(dinotxt)                       # zero-shot, or TextSegmenter(SegModel.load(url, dinotxt))
+    classes = segmenter.embed_classes(["building", "road", "water"])   # once per class list
+    for image in images:                                     # float32 (H, W, 3) in [0, 1]
+        result = segmenter.segment(image, classes)           # result.labels: uint16 (H, W), 0 = background
+        roads = result.mask("road")                          # bool (H, W)
+
+The same windowing (:mod:`dinoseg_core.ovseg.windows`) serves both modes; only the scoring of a view differs:
+zero-shot uses :func:`~dinoseg_core.ovseg.zeroshot.zero_shot_logits`, the trained model its head. Nothing is kept
+between calls.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from dinoseg_core.errors import InputError
+from dinoseg_core.ovseg.config import OvsegConfig
+from dinoseg_core.ovseg.dinotxt import ClassEmbeddings, DinoTxt
+from dinoseg_core.ovseg.model import SegModel
+from dinoseg_core.ovseg.windows import local_global_logits, resize_short_side, upsample_argmax
+from dinoseg_core.ovseg.zeroshot import zero_shot_logits
+from dinoseg_core.preprocess import prepare_image, validate_image
+
+__all__ = ["BACKGROUND", "TextSegmentation", "TextSegmenter"]
+
+#: Label value of background (below the threshold, or won by a background prompt).
+BACKGROUND = 0
+
+
+@dataclass(frozen=True)
+class TextSegmentation:
+    """The result for one image and one class list.
+
+    Attributes:
+        labels: uint16 (H, W) at the image's original size; 0 = background, k + 1 = ``class_names[k]``.
+        probabilities: float32 (K, h, w) class probabilities (softmax over the user's classes and the background
+            prompts, user classes only kept) on the aggregation grid: the working image (short side
+            ``config.short_side``) divided by ``config.output_stride``.
+        class_names: the user's classes, in label order.
+        timings: seconds per stage (preprocess, views, upsample).
+    """
+
+    labels: np.ndarray
+    probabilities: np.ndarray
+    class_names: tuple[str, ...]
+    timings: dict[str, float]
+
+    def mask(self, name: str) -> np.ndarray:
+        """bool (H, W): the pixels labelled ``name``."""
+        try:
+            index = self.class_names.index(name)
+        except ValueError:
+            raise InputError(f"class {name!r} is not among {list(self.class_names)}") from None
+        return self.labels == index + 1
+
+    @property
+    def class_table(self) -> dict[int, str]:
+        """Label value -> class name, background included."""
+        return {BACKGROUND: "background", **{i + 1: n for i, n in enumerate(self.class_names)}}
+
+
+class TextSegmenter:
+    """Segment classes named in text, zero-shot (a :class:`DinoTxt`) or with a trained dinov3.seg head (a
+    :class:`SegModel`).
+
+    Args:
+        model: :class:`~dinoseg_core.ovseg.dinotxt.DinoTxt` (zero-shot) or
+            :class:`~dinoseg_core.ovseg.model.SegModel` (trained head).
+        config: inference settings (windowing, templates, temperature, prior, background).
+    """
+
+    def __init__(self, model: DinoTxt | SegModel, config: OvsegConfig | None = None):
+        if isinstance(model, SegModel):
+            self.dinotxt, self.seg_model = model.dinotxt, model
+        elif isinstance(model, DinoTxt):
+            self.dinotxt, self.seg_model = model, None
+        else:
+            raise InputError(f"TextSegmenter needs a DinoTxt (zero-shot) or a SegModel (trained), got "
+                             f"{type(model).__name__}")
+        self.config = config or OvsegConfig()
+        self.config.check_patch_size(self.dinotxt.patch_size)
+
+    @property
+    def mode(self) -> str:
+        """``"zero-shot"`` or ``"dinov3.seg"``."""
+        return "zero-shot" if self.seg_model is None else "dinov3.seg"
+
+    def embed_classes(self, class_names: Sequence[str] | str) -> ClassEmbeddings:
+        """Text embeddings of the classes (and of the config's background prompts); compute once, reuse.
+
+        Raises:
+            InputError: duplicate or empty class names, or a prompt longer than the text context.
+        """
+        return self.dinotxt.embed_classes(class_names, self.config.templates, self.config.background_prompts)
+
+    def _score(self, classes: ClassEmbeddings):
+        if self.seg_model is None:
+            cfg = self.config
+
+            def score(pixels: torch.Tensor) -> torch.Tensor:
+                cls, patches = self.dinotxt.image_tokens(pixels)
+                return zero_shot_logits(cls, patches, classes, temperature=cfg.temperature,
+                                        prior_weight=cfg.prior_weight)
+        else:
+            model = self.seg_model
+
+            def score(pixels: torch.Tensor) -> torch.Tensor:
+                with torch.no_grad():
+                    return model.logits(pixels, classes)
+        return score
+
+    def logits(self, image: np.ndarray, classes: ClassEmbeddings, name: str = "image") -> torch.Tensor:
+        """Aggregated logits (K', h, w) of every class and background prompt on the aggregation grid."""
+        validate_image(image, name, self.dinotxt.patch_size)
+        cfg = self.config
+        size = resize_short_side(*image.shape[:2], cfg.short_side, self.dinotxt.patch_size)
+        norm = self.dinotxt.backbone.normalization
+        pixels = prepare_image(image, size, norm.mean, norm.std, self.dinotxt.device)
+        if self.seg_model is not None:
+            self.seg_model.head.eval()
+        return local_global_logits(
+            self._score(classes), pixels, window=cfg.window, stride=cfg.stride, global_view=cfg.global_view,
+            global_weight=cfg.global_weight, output_stride=cfg.output_stride, patch_size=self.dinotxt.patch_size,
+            batch_windows=cfg.batch_windows)
+
+    def segment(self, image: np.ndarray, classes: ClassEmbeddings | Sequence[str], name: str = "image"
+                ) -> TextSegmentation:
+        """Segment ``classes`` in one float32 (H, W, 3) image in [0, 1].
+
+        Every pixel gets the most probable class, unless a background prompt wins there or its top probability is
+        below ``config.background_threshold``: then it is background (0).
+        """
+        if not isinstance(classes, ClassEmbeddings):
+            classes = self.embed_classes(classes)
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        logits = self.logits(image, classes, name)
+        timings["views"] = time.perf_counter() - start
+        start = time.perf_counter()
+        probs = torch.softmax(logits, dim=0)
+        index, top = upsample_argmax(probs, image.shape[:2])
+        user = len(classes) - classes.num_background
+        labels = index + 1
+        labels[index >= user] = BACKGROUND
+        if self.config.background_threshold is not None:
+            labels[top < self.config.background_threshold] = BACKGROUND
+        timings["upsample"] = time.perf_counter() - start
+        return TextSegmentation(
+            labels=labels.to(torch.int32).cpu().numpy().astype(np.uint16),
+            probabilities=probs[:user].cpu().numpy().astype(np.float32),
+            class_names=classes.class_names,
+            timings=timings,
+        )

@@ -1,0 +1,196 @@
+"""Training the dinov3.seg head: a plain loop, resumable from safetensors checkpoints.
+
+:func:`train` optimises only the head of a :class:`~dinoseg_core.ovseg.model.SegModel` (backbone, vision head
+and text tower frozen) with per-pixel cross-entropy over all the dataset's classes, AdamW, and a constant or
+cosine learning rate. Each step draws its images, crops and flips from a generator seeded with
+``(config.seed, step)``, so a run resumed from a checkpoint continues exactly as an uninterrupted run would
+(same batches, same optimiser state): the test checks equal losses.
+
+Progress is reported through ``on_step(step, loss)``; a Prefect task can turn that into logs and artifacts.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dinoseg_core.errors import CheckpointError, InputError
+from dinoseg_core.ovseg.config import TrainConfig
+from dinoseg_core.ovseg.model import SegModel, head_from_checkpoint, read_checkpoint, save_checkpoint
+from dinoseg_core.ovseg.windows import resize_short_side
+
+__all__ = ["TrainResult", "sample_batch", "train"]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What :func:`train` did.
+
+    Attributes:
+        losses: the loss of every step from step 0 (a resumed run includes the steps before the resume).
+        step: steps completed (== the ``steps`` asked for).
+        resumed_from: step the run resumed at (0 for a fresh run).
+        checkpoint: where the last checkpoint was written, or None.
+        seconds: wall time of this call.
+    """
+
+    losses: list[float]
+    step: int
+    resumed_from: int
+    checkpoint: str | None
+    seconds: float
+
+
+def sample_batch(dataset: Any, step: int, config: TrainConfig, patch_size: int, mean, std
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training batch of ``step``: images resized to ``config.short_side``, randomly cropped to
+    ``config.crop`` (padded with ignored pixels when smaller) and flipped, as a function of (seed, step).
+
+    Returns:
+        (pixels float32 (B, 3, crop, crop) normalised with ``mean``/``std``, labels int64 (B, crop, crop)).
+    """
+    rng = np.random.default_rng([config.seed, step])
+    crop = config.crop
+    pixels, labels = [], []
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+    for index in rng.integers(0, len(dataset), size=config.batch_size):
+        image, label = dataset[int(index)]
+        size = resize_short_side(*image.shape[:2], config.short_side, patch_size)
+        img = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).permute(2, 0, 1)[None]
+        img = F.interpolate(img, size=size, mode="bilinear", align_corners=False, antialias=True)[0].clamp(0, 1)
+        lab = torch.from_numpy(np.asarray(label, dtype=np.int64))[None, None].float()
+        lab = F.interpolate(lab, size=size, mode="nearest")[0, 0].long()
+        img = (img - mean_t) / std_t
+        out_img = torch.zeros(3, crop, crop)
+        out_lab = torch.full((crop, crop), config.ignore_index, dtype=torch.long)
+        top = int(rng.integers(0, max(size[0] - crop, 0) + 1))
+        left = int(rng.integers(0, max(size[1] - crop, 0) + 1))
+        h, w = min(crop, size[0]), min(crop, size[1])
+        out_img[:, :h, :w] = img[:, top:top + h, left:left + w]
+        out_lab[:h, :w] = lab[top:top + h, left:left + w]
+        if config.hflip and rng.random() < 0.5:
+            out_img, out_lab = out_img.flip(-1), out_lab.flip(-1)
+        pixels.append(out_img)
+        labels.append(out_lab)
+    return torch.stack(pixels), torch.stack(labels)
+
+
+def _lr(config: TrainConfig, step: int, steps: int) -> float:
+    if config.schedule == "constant" or steps <= 1:
+        return config.lr
+    return config.lr * 0.5 * (1.0 + math.cos(math.pi * step / steps))
+
+
+def train(
+    model: SegModel,
+    dataset: Any,
+    steps: int,
+    *,
+    config: TrainConfig | None = None,
+    checkpoint: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+    resume: bool = True,
+    on_step: Callable[[int, float], None] | None = None,
+) -> TrainResult:
+    """Train ``model.head`` for ``steps`` optimiser steps in total.
+
+    Args:
+        model: the model; its head is updated in place.
+        dataset: ``len()`` and ``[i] -> (image float32 (H, W, 3), label int64 (H, W))`` with a ``class_names``
+            attribute (e.g. :class:`~dinoseg_core.ovseg.data.SegDataset`).
+        steps: total steps; a resumed run does ``steps - checkpoint step`` more.
+        config: :class:`TrainConfig`.
+        checkpoint: URL of the safetensors checkpoint, written every ``config.checkpoint_every`` steps and at the
+            end; with ``resume``, an existing one there is loaded first.
+        on_step: called with (step, loss) after every step.
+
+    Raises:
+        CheckpointError: the checkpoint to resume from was made for another head architecture, class list or
+            dino.txt.
+        InputError: ``steps`` < 0 or a crop that is not a multiple of the patch size.
+    """
+    from dinoseg_core import storage
+
+    config = config or TrainConfig()
+    started = time.perf_counter()
+    if not isinstance(steps, int) or steps < 0:
+        raise InputError(f"steps={steps!r}: must be an integer >= 0")
+    patch = model.dinotxt.patch_size
+    if config.crop % patch:
+        raise InputError(f"crop={config.crop} is not a multiple of the patch size {patch}")
+    head = model.head
+    class_names = list(dataset.class_names)
+    classes = model.dinotxt.embed_classes(class_names, config.templates)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    losses: list[float] = []
+    start = 0
+    if checkpoint is not None and resume and storage.exists(checkpoint, storage_options):
+        tensors, meta = read_checkpoint(checkpoint, storage_options)
+        shown = storage.display_url(checkpoint)
+        problems = []
+        if meta.get("dinotxt_fingerprint") != model.dinotxt.fingerprint:
+            problems.append("another dino.txt")
+        if meta.get("head_config") != head.config.to_dict():
+            problems.append(f"another head architecture ({meta.get('head_config')})")
+        if meta.get("class_names") != class_names:
+            problems.append("another class list")
+        if problems:
+            raise CheckpointError(f"{shown}: cannot resume: the checkpoint was made for {', '.join(problems)}. Use "
+                                  "another checkpoint URL or resume=False to start over.")
+        head.load_state_dict(head_from_checkpoint(tensors, meta, shown).state_dict())
+        if "optim_param_groups" in meta:
+            state: dict[int, dict[str, torch.Tensor]] = {}
+            for key, value in tensors.items():
+                if key.startswith("optim."):
+                    _, index, name = key.split(".", 2)
+                    state.setdefault(int(index), {})[name] = value.to(next(head.parameters()).device)
+            optimizer.load_state_dict({"state": state, "param_groups": meta["optim_param_groups"]})
+        start = int(meta.get("step", 0))
+        losses = [float(x) for x in tensors.get("loss_history", torch.zeros(0)).tolist()][:start]
+    resumed_from = start
+    norm = model.dinotxt.backbone.normalization
+    device = model.dinotxt.device
+    written = None
+
+    def save(step: int) -> str:
+        assert checkpoint is not None
+        save_checkpoint(checkpoint, head, dinotxt_fingerprint=model.dinotxt.fingerprint, optimizer=optimizer,
+                        step=step, losses=losses, storage_options=storage_options,
+                        metadata={"class_names": class_names, "train_config": config.to_dict(),
+                                  "dinotxt_spec": model.dinotxt.spec})
+        return checkpoint
+
+    head.train()
+    try:
+        for step in range(start, steps):
+            for group in optimizer.param_groups:
+                group["lr"] = _lr(config, step, steps)
+            pixels, labels = sample_batch(dataset, step, config, patch, norm.mean, norm.std)
+            pixels, labels = pixels.to(device), labels.to(device)
+            logits = model.logits(pixels, classes)
+            logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+            if (labels != config.ignore_index).any():
+                loss = F.cross_entropy(logits, labels, ignore_index=config.ignore_index)
+            else:  # an all-ignored batch: no signal, but keep the step (and the schedule) in lockstep
+                loss = logits.sum() * 0.0
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+            if on_step is not None:
+                on_step(step, losses[-1])
+            if checkpoint is not None and ((step + 1) % config.checkpoint_every == 0 or step + 1 == steps):
+                written = save(step + 1)
+    finally:
+        head.eval()
+    return TrainResult(losses=losses, step=max(steps, start), resumed_from=resumed_from,
+                       checkpoint=written or (checkpoint if checkpoint is not None and resumed_from else None),
+                       seconds=time.perf_counter() - started)

@@ -1,0 +1,241 @@
+"""Reference-set manifests: parsing, validation messages with field paths, URI resolution, content hashing."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import textwrap
+
+import pytest
+
+from dinoseg_core.config import InsidConfig
+from dinoseg_core.errors import InputError, ObjectNotFoundError
+from dinoseg_core.manifest import (
+    ConceptSpec,
+    ReferencePair,
+    concept_hash,
+    load_manifest,
+    manifest_hash,
+    parse_manifest,
+    reference_content_hashes,
+    resolve_uri,
+)
+
+MANIFEST = """\
+version: 1
+description: test references
+config: {image_size: 512}
+concepts:
+  roof:
+    references:
+      - {image: refs/a.png, mask: refs/a_mask.png}
+      - {image: refs/b.png, mask: masks/b.png}
+    config: {tau: 0.55, crf: true}
+  field:
+    description: crop fields
+    references:
+      - {image: refs/a.png, mask: refs/a_field.png}
+"""
+
+
+def _folder(root, manifest=MANIFEST, name="refs.yaml"):
+    """A reference folder: the manifest plus small files standing in for the images and masks."""
+    (root / "refs").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for rel, content in {"refs/a.png": b"A", "refs/a_mask.png": b"AM", "refs/b.png": b"B", "masks/b.png": b"BM",
+                         "refs/a_field.png": b"AF"}.items():
+        (root / rel).write_bytes(content)
+    (root / name).write_text(manifest)
+    return root / name
+
+
+def _error(text, url="s3://bucket/project/refs.yaml"):
+    with pytest.raises(InputError) as info:
+        parse_manifest(text, url)
+    return str(info.value)
+
+
+# ------------------------------------------------------------------------------------------------ loading
+def test_load_yaml_manifest(tmp_path):
+    manifest = load_manifest(str(_folder(tmp_path)))
+    assert list(manifest.concepts) == ["roof", "field"]  # file order kept
+    roof = manifest.concepts["roof"]
+    assert isinstance(roof, ConceptSpec) and roof.name == "roof"
+    assert roof.references == (
+        ReferencePair(str(tmp_path / "refs/a.png"), str(tmp_path / "refs/a_mask.png")),
+        ReferencePair(str(tmp_path / "refs/b.png"), str(tmp_path / "masks/b.png")),
+    )
+    assert roof.config_overrides == {"image_size": 512, "tau": 0.55, "crf": True}
+    assert manifest.concepts["field"].config_overrides == {"image_size": 512}
+    assert manifest.concepts["field"].description == "crop fields" and manifest.description == "test references"
+    assert manifest.config_defaults == {"image_size": 512}
+
+    base = InsidConfig(merge_threshold=0.3)
+    assert manifest.config_for("roof", base) == InsidConfig(image_size=512, tau=0.55, crf=True, merge_threshold=0.3)
+    assert manifest.config_for("field") == InsidConfig(image_size=512)
+    with pytest.raises(InputError, match=r"'water' is not in the manifest .* \['field', 'roof'\]"):
+        manifest.config_for("water", base)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        manifest.url = "elsewhere"  # type: ignore[misc]
+    assert len(manifest.reference_urls()) == 5
+    assert json.loads(json.dumps(manifest.to_dict()))["concepts"]["roof"]["config"]["tau"] == 0.55
+
+
+def test_load_json_manifest_and_list_form(tmp_path):
+    doc = {"concepts": [{"name": "roof", "references": [{"image": "a.png", "mask": "a_m.png"}]}]}
+    (tmp_path / "refs.json").write_text(json.dumps(doc))
+    manifest = load_manifest(tmp_path / "refs.json")
+    assert manifest.concepts["roof"].references[0] == ReferencePair(str(tmp_path / "a.png"), str(tmp_path / "a_m.png"))
+    assert manifest.config_for("roof") == InsidConfig()
+
+
+def test_missing_manifest_names_the_url(tmp_path):
+    with pytest.raises(ObjectNotFoundError, match="nothing.yaml"):
+        load_manifest(str(tmp_path / "nothing.yaml"))
+
+
+# ---------------------------------------------------------------------------------------------- validation
+def test_errors_name_every_bad_field_path():
+    message = _error(textwrap.dedent("""\
+        concepts:
+          roof:
+            references:
+              - {image: a.png}
+              - {image: b.png, mask: b_m.png, weight: 2}
+              - {image: c.png, mask: 7}
+            config: {tauu: 0.5, crf: 1}
+          field:
+            references: []
+        """))
+    assert "concepts.roof.references[0].mask: field required" in message
+    assert "concepts.roof.references[1].weight: unknown field 'weight'" in message
+    assert "concepts.roof.references[2].mask: input should be a valid string" in message
+    assert "concepts.roof.config.tauu: unknown INSID3 config field 'tauu'; known fields: image_size" in message
+    assert "concepts.roof.config.crf: input should be a valid boolean" in message
+    assert "concepts.field.references: at least one {image, mask} reference is needed" in message
+    assert message.startswith("Invalid reference manifest s3://bucket/project/refs.yaml:")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("concepts: {}", "concepts: at least one concept is needed"),
+        ("version: 1", "concepts: field required"),
+        ("concepts: {roof: {}}", "concepts.roof.references: field required"),
+        ("colour: red\nconcepts: {roof: {references: [{image: a, mask: b}]}}", "colour: unknown field 'colour'"),
+        ("version: 2\nconcepts: {roof: {references: [{image: a, mask: b}]}}",
+         "version: unsupported manifest version 2; this dinoseg reads version 1"),
+        ("config: {image_size: 8}\nconcepts: {roof: {references: [{image: a, mask: b}]}}",
+         "config: image_size=8: must be at least one patch"),
+        ("concepts: {roof: {references: [{image: a, mask: b}], config: {tau: 1.5}}}",
+         "concepts.roof.config: tau=1.5: must be in (0, 1]"),
+        ("concepts: {roof: {references: [{image: a, mask: b}], config: {basis_source: white}}}",
+         "concepts.roof.config.basis_source: input should be 'black' or 'noise'"),
+        ("concepts: {roof: {references: [{image: a.png, mask: a.png}]}}",
+         "concepts.roof.references[0]: image and mask are the same file"),
+        ("concepts: {my roof: {references: [{image: a, mask: b}]}}", "concept name 'my roof' is not allowed"),
+        ("concepts:\n  roof: {references: [{image: a, mask: b}]}\n  roof: {references: [{image: c, mask: d}]}\n",
+         "concepts: duplicate concept name 'roof' (lines 2 and 3)"),
+        ("concepts:\n  roof: {references: [{image: a, mask: b, mask: c}]}\n",
+         "concepts.roof.references[0]: duplicate key 'mask'"),
+        ("concepts: {roof: {references: [{image: a, mask: b}]}, Roof: {references: [{image: a, mask: b}]}}",
+         "duplicate concept name 'Roof' (same as 'roof' ignoring case"),
+        ("concepts: [{name: roof, references: [{image: a, mask: b}]}, {name: roof, references: []}]",
+         "concepts: duplicate concept name 'roof' (entry [1])"),
+        ("- just\n- a list\n", "expected a mapping with a 'concepts' key"),
+        ("", "got an empty document"),
+        ("concepts: [roof", "not valid YAML"),
+    ],
+)
+def test_invalid_manifests(text, expected):
+    assert expected in _error(text)
+
+
+def test_json_duplicates_and_syntax():
+    dup = '{"concepts": {"roof": {"references": [{"image": "a", "mask": "b"}]}, "roof": {"references": []}}}'
+    assert "concepts: duplicate concept name 'roof'" in _error(dup, "s3://b/refs.json")
+    assert "not valid JSON" in _error('{"concepts": ', "s3://b/refs.json")
+
+
+# ----------------------------------------------------------------------------------------- URI resolution
+@pytest.mark.parametrize(
+    ("manifest_url", "ref", "expected"),
+    [
+        ("s3://bucket/project/refs.yaml", "refs/a.png", "s3://bucket/project/refs/a.png"),
+        ("s3://bucket/project/refs.yaml", "./refs/../b.png", "s3://bucket/project/b.png"),
+        ("s3://bucket/project/refs.yaml", "../shared/c.png", "s3://bucket/shared/c.png"),
+        ("s3://bucket/refs.yaml", "a.png", "s3://bucket/a.png"),
+        ("s3://bucket/project/refs.yaml", "gs://other/x.png", "gs://other/x.png"),
+        ("memory://refs/m.yaml", "a.png", "memory://refs/a.png"),
+        ("file:///data/refs/m.yaml", "a.png", "file:///data/refs/a.png"),
+        ("/data/refs/m.yaml", "../imgs/a.png", "/data/imgs/a.png"),
+        ("/data/refs/m.yaml", "/elsewhere/a.png", "/elsewhere/a.png"),
+        ("simplecache::s3://bucket/p/m.yaml", "a.png", "simplecache::s3://bucket/p/a.png"),
+    ],
+)
+def test_resolve_uri(manifest_url, ref, expected):
+    assert resolve_uri(manifest_url, ref) == expected
+
+
+def test_resolve_uri_refuses_ambiguous_or_escaping_references():
+    with pytest.raises(InputError, match="absolute path"):
+        resolve_uri("s3://bucket/p/refs.yaml", "/data/a.png")
+    with pytest.raises(InputError, match="points above s3://bucket"):
+        resolve_uri("s3://bucket/p/refs.yaml", "../../other-bucket/a.png")
+    assert "points above" in _error("concepts: {roof: {references: [{image: ../../a, mask: b}]}}")
+
+
+# -------------------------------------------------------------------------------------------------- hashes
+def test_hash_follows_content_not_location(tmp_path):
+    first = load_manifest(_folder(tmp_path / "one"))
+    hashes = reference_content_hashes(first)
+    assert len(hashes) == 5 and all(len(h) == 64 for h in hashes.values())
+    h1 = manifest_hash(first, hashes)
+    assert h1 == manifest_hash(first, dict(reversed(list(hashes.items()))))
+
+    shutil.copytree(tmp_path / "one", tmp_path / "moved")  # same folder elsewhere: same hash
+    moved = load_manifest(tmp_path / "moved" / "refs.yaml")
+    moved_hashes = reference_content_hashes(moved)
+    assert manifest_hash(moved, moved_hashes) == h1
+    assert concept_hash(moved, "roof", moved_hashes) == concept_hash(first, "roof", hashes)
+
+    # concept order in the file does not matter
+    swapped = MANIFEST.split("  field:")
+    reordered = swapped[0].replace("concepts:\n", "concepts:\n  field:" + swapped[1])
+    assert list(parse_manifest(reordered, first.url).concepts) == ["field", "roof"]
+    assert manifest_hash(parse_manifest(reordered, first.url), hashes) == h1
+
+    # editing one mask changes that concept's hash, and only that one
+    (tmp_path / "moved" / "masks" / "b.png").write_bytes(b"edited")
+    edited_hashes = reference_content_hashes(moved)
+    assert manifest_hash(moved, edited_hashes) != h1
+    assert concept_hash(moved, "roof", edited_hashes) != concept_hash(first, "roof", hashes)
+    assert concept_hash(moved, "field", edited_hashes) == concept_hash(first, "field", hashes)
+
+    # overrides, wherever they are written, enter the hash through their effective value
+    changed = parse_manifest(MANIFEST.replace("tau: 0.55", "tau: 0.5"), first.url)
+    assert concept_hash(changed, "roof", hashes) != concept_hash(first, "roof", hashes)
+    moved_default = parse_manifest(
+        MANIFEST.replace("config: {image_size: 512}\n", "").replace("tau: 0.55, crf: true", "tau: 0.55, crf: true, "
+                                                                    "image_size: 512"), first.url)
+    assert concept_hash(moved_default, "roof", hashes) == concept_hash(first, "roof", hashes)
+
+    with pytest.raises(InputError, match="No content hash for .*a_mask.png"):
+        manifest_hash(first, {k: v for k, v in hashes.items() if not k.endswith("a_mask.png")})
+
+
+@pytest.mark.integration
+def test_manifest_on_s3_resolves_against_the_bucket(s3_server, tmp_path):
+    s3fs = pytest.importorskip("s3fs")
+    so = s3_server["storage_options"]
+    bucket = s3_server["make_bucket"]()
+    local = _folder(tmp_path / "local")
+    fs = s3fs.S3FileSystem(**so)
+    fs.put(str(tmp_path / "local") + "/", bucket.removeprefix("s3://") + "/project/", recursive=True)
+    remote = load_manifest(f"{bucket}/project/refs.yaml", storage_options=so)
+    assert remote.concepts["roof"].references[1] == ReferencePair(f"{bucket}/project/refs/b.png",
+                                                                  f"{bucket}/project/masks/b.png")
+    local_manifest = load_manifest(local)
+    assert manifest_hash(remote, reference_content_hashes(remote, so)) == manifest_hash(
+        local_manifest, reference_content_hashes(local_manifest))

@@ -1,0 +1,30 @@
+"""Generated collections and manifests for the pipeline tests (seeded, small)."""
+
+from __future__ import annotations
+
+import yaml
+
+from dinoseg_core import imageio, storage
+from dinoseg_core.synthetic import generate_scene
+
+#: A 2-block random backbone: the pipeline's behaviour, not mask quality, is under test here.
+TINY = "random:tiny@0"
+METHOD = {"image_size": 128, "tau": 0.9}
+
+
+def write_collection(root: str, tiles: int = 4, size: int = 128, storage_options=None, concepts=("roof", "water")):
+    """``root/tiles/tile_NNN.png``, ``root/refs/...`` and ``root/refs.yaml``; returns the tile URLs."""
+    urls = []
+    for index in range(tiles):
+        url = storage.join(root, "tiles", f"tile_{index:03d}.png")
+        imageio.write_image_png(url, generate_scene(100 + index, size=size).image, storage_options)
+        urls.append(url)
+    reference = generate_scene(1, size=size)
+    imageio.write_image_png(storage.join(root, "refs", "ref.png"), reference.image, storage_options)
+    entries = {}
+    for concept in concepts:
+        imageio.write_mask_png(storage.join(root, "refs", f"{concept}.png"), reference.labels[concept], storage_options)
+        entries[concept] = {"references": [{"image": "refs/ref.png", "mask": f"refs/{concept}.png"}]}
+    manifest = {"version": 1, "config": METHOD, "concepts": entries}
+    storage.write_bytes(storage.join(root, "refs.yaml"), yaml.safe_dump(manifest).encode(), storage_options)
+    return urls
