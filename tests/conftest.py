@@ -23,8 +23,8 @@ def s3_server() -> Iterator[dict[str, Any]]:
 
     The server keeps its state for the session: give each test its own bucket.
     """
-    server_mod = pytest.importorskip("moto.server", reason="moto[server] is needed for S3 tests")
-    boto3 = pytest.importorskip("boto3")
+    import boto3
+    from moto import server as server_mod
 
     server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()

@@ -330,7 +330,7 @@ def test_concurrent_writers_and_a_reader_never_corrupt_the_archive(tmp_path):
 
 # --------------------------------------------------------------------------------------------- readers
 def test_xarray_reads_a_mask_version_group(archive):
-    xr = pytest.importorskip("xarray")
+    import xarray as xr
     mask, sim = _mask((130, 170)), np.linspace(0, 1, 8 * 11, dtype=np.float32).reshape(8, 11)
     rec = archive.write_mask("roof", "k", mask, _attrs(), similarity=sim)
     ds = xr.open_zarr(archive.url, group=rec["group"], consolidated=False)
@@ -425,7 +425,7 @@ def test_open_refuses_what_is_not_a_dinoseg_archive(tmp_path):
 # ---------------------------------------------------------------------------------------------------- S3
 @pytest.mark.integration
 def test_archive_on_s3(s3_server):
-    xr = pytest.importorskip("xarray")
+    import xarray as xr
     so = s3_server["storage_options"]
     url = s3_server["make_bucket"]() + "/lake/masks.zarr"
     archive = MaskArchive.open(url, storage_options=so)
