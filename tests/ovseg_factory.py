@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gzip
 import html
+import itertools
 import math
 from collections import Counter
 
@@ -59,7 +60,7 @@ def learn_merges(corpus: str, num_merges: int) -> list[tuple[str, str]]:
     for _ in range(num_merges):
         pairs: Counter = Counter()
         for word, freq in words.items():
-            for a, b in zip(word, word[1:]):
+            for a, b in itertools.pairwise(word):
                 pairs[(a, b)] += freq
         if not pairs:
             break
@@ -114,7 +115,7 @@ class ReferenceClipBPE:
     def bpe(self, token: str) -> list[str]:
         word = list(token[:-1]) + [token[-1] + "</w>"]
         while len(word) > 1:
-            pairs = set(zip(word, word[1:]))
+            pairs = set(itertools.pairwise(word))
             best = min(pairs, key=lambda p: self.ranks.get(p, math.inf))
             if best not in self.ranks:
                 break

@@ -19,7 +19,7 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Self
 
 from dinoseg_core.errors import InputError
 
@@ -50,13 +50,12 @@ PAPER_MIOU: dict[str, dict[str, float]] = {
     "CAT-Seg ViT-L": {"A-847": 16.0, "PC-459": 23.8, "A-150": 37.9, "PC-59": 63.3, "PAS-20": 97.0},
 }
 
-_C = TypeVar("_C")
 
 
 class _ConfigMixin:
     """replace / to_dict / from_dict / digest, shared by the three configs."""
 
-    def replace(self: _C, **changes: Any) -> _C:
+    def replace(self, **changes: Any) -> Self:
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
 
     def to_dict(self) -> dict[str, Any]:
@@ -64,7 +63,7 @@ class _ConfigMixin:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
 
     @classmethod
-    def from_dict(cls: type[_C], data: dict[str, Any]) -> _C:
+    def from_dict(cls, data: dict[str, Any]) -> Self:
         known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
         unknown = sorted(set(data) - set(known))
         if unknown:

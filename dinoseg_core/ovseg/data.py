@@ -153,7 +153,7 @@ class SegDataset:
     @classmethod
     def from_folder(cls, root: str, class_names: Sequence[str] | str, *, images: str = "images",
                     labels: str = "annotations", label_suffix: str = ".png", ignore_index: int = 255,
-                    storage_options: dict[str, Any] | None = None) -> "SegDataset":
+                    storage_options: dict[str, Any] | None = None) -> SegDataset:
         """Pair ``<root>/<images>/<stem>.*`` with ``<root>/<labels>/<stem><label_suffix>`` (label values are class
         indices). An image without a label map is an error naming it."""
         image_urls = [u for u in storage.glob(storage.join(root, images, "*"), storage_options)
@@ -170,7 +170,7 @@ class SegDataset:
 
     @classmethod
     def coco_stuff(cls, root: str, class_table: Mapping[int, str] | str, *, split: str = "val2017",
-                   ignore_index: int = 255, storage_options: dict[str, Any] | None = None) -> "SegDataset":
+                   ignore_index: int = 255, storage_options: dict[str, Any] | None = None) -> SegDataset:
         """COCO-Stuff layout (see the module docstring). ``class_table``: raw id -> name, or the URL of such a
         table (:func:`read_class_table`)."""
         if isinstance(class_table, (str, os.PathLike)):

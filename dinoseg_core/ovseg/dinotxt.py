@@ -83,7 +83,7 @@ _EXPECTED_FILE = ("Meta's dino.txt weights, dinov3_vitl16_dinotxt_vision_head_an
                   "with visual_model.head.* and text_model.* keys)")
 _RANDOM = re.compile(r"random:(tiny|dinotxt)(?:@(-?\d+))?", re.IGNORECASE)
 #: Text tower of ``random:tiny``.
-_TINY_TEXT = dict(text_width=64, text_heads=4, text_layers=2, text_mlp_hidden=256)
+_TINY_TEXT = {"text_width": 64, "text_heads": 4, "text_layers": 2, "text_mlp_hidden": 256}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -236,6 +236,11 @@ class DinoTxt:
                 :meth:`ClipTokenizer.tokenize`.
         """
         ids = self.tokenizer.tokenize(list(texts), self.arch.text_context, truncate=truncate)
+        if ids.shape[0]:
+            # Causal attention: positions after the last EOT cannot influence any EOT, so cutting the padding is
+            # exact (Meta's forward also slices the positional embedding to the length it gets) and ~5x cheaper
+            # for short prompts.
+            ids = ids[:, : int(ids.argmax(dim=1).max()) + 1]
         out = []
         with torch.no_grad():
             for start in range(0, ids.shape[0], batch_size):
@@ -323,7 +328,8 @@ def _tensor(state: Mapping[str, torch.Tensor], key: str, shown: str, ndim: int) 
     return t
 
 
-def infer_dinotxt_arch(state: Mapping[str, torch.Tensor], *, vision_heads: int, shown: str = "checkpoint") -> DinoTxtArch:
+def infer_dinotxt_arch(state: Mapping[str, torch.Tensor], *, vision_heads: int,
+                       shown: str = "checkpoint") -> DinoTxtArch:
     """The tower shapes of a Meta-layout dino.txt state dict (heads: see the module docstring)."""
     if not any(k.startswith(_META_VISION) for k in state) or not any(k.startswith(_META_TEXT) for k in state):
         sample = ", ".join(sorted(state)[:5])
@@ -548,8 +554,9 @@ def load_dinotxt(
         if tokenizer.vocab_size > arch.text_vocab:
             raise CheckpointError(f"{weights}: the vocabulary of {tokenizer.source} has {tokenizer.vocab_size} tokens, "
                                   f"more than the text tower's {arch.text_vocab}.")
-        with torch.random.fork_rng(devices=[]):
-            towers = DinoTxtTowers(arch).init_random(seed)
+        with torch.device("meta"):  # skip torch's default init: init_random sets every parameter
+            towers = DinoTxtTowers(arch)
+        towers = towers.to_empty(device="cpu").init_random(seed)
         source = f"random:{kind}@{seed}"
         logger.warning("RANDOM WEIGHTS: dino.txt %r is a random initialisation, not Meta's weights; use it only for "
                        "tests and benchmarks.", weights)

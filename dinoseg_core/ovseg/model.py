@@ -29,7 +29,9 @@ dino.txt fingerprint).
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 from typing import Any
 
@@ -67,7 +69,7 @@ class _ConvBlock(nn.Module):
 
     def __init__(self, dim: int):
         super().__init__()
-        self.norm = nn.GroupNorm(min(8, dim), dim)
+        self.norm = nn.GroupNorm(math.gcd(8, dim), dim)
         self.conv1 = nn.Conv2d(dim, dim, 3, padding=1)
         self.conv2 = nn.Conv2d(dim, dim, 3, padding=1)
 
@@ -165,6 +167,17 @@ class SegModel:
         params = sum(p.numel() for p in self.head.parameters())
         return f"SegModel({self.dinotxt!r}, head {params / 1e6:.2f} M parameters)"
 
+    def fingerprint(self) -> str:
+        """sha256 hex over the dino.txt fingerprint, the head config and the head's current weights (computed on
+        each call: the head changes while it trains)."""
+        digest = hashlib.sha256(b"dinoseg-ovseg-segmodel-v1\n")
+        digest.update(self.dinotxt.fingerprint.encode())
+        digest.update(json.dumps(self.head.config.to_dict(), sort_keys=True).encode())
+        for name, tensor in sorted(self.head.state_dict().items()):
+            digest.update(f"\n{name}|{tuple(tensor.shape)}\n".encode())
+            digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()
+
     def logits(self, pixels: torch.Tensor, classes: ClassEmbeddings) -> torch.Tensor:
         """(B, 3, H, W) normalised pixels -> (B, K, H/p * u, W/p * u) logits (u = 4 by default); gradients flow
         into the head only."""
@@ -179,7 +192,7 @@ class SegModel:
 
     @classmethod
     def load(cls, url: str | os.PathLike[str], dinotxt: DinoTxt, storage_options: dict[str, Any] | None = None,
-             *, allow_other_dinotxt: bool = False) -> "SegModel":
+             *, allow_other_dinotxt: bool = False) -> SegModel:
         """A model from a head checkpoint (written by :meth:`save` or :func:`~dinoseg_core.ovseg.train.train`).
 
         Raises:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -103,6 +104,28 @@ class TextSegmenter:
             InputError: duplicate or empty class names, or a prompt longer than the text context.
         """
         return self.dinotxt.embed_classes(class_names, self.config.templates, self.config.background_prompts)
+
+    def provenance(self, classes: ClassEmbeddings) -> dict[str, Any]:
+        """Provenance attributes for :meth:`dinoseg_core.archive.MaskArchive.write_mask` (all but ``source_uri``
+        and ``source_sha256``): what a stored mask depends on, so an incremental run can tell whether it is
+        up to date.
+
+        ``backbone``: the backbone spec; ``backbone_fingerprint``: the dino.txt fingerprint (backbone + towers +
+        vocabulary), or the dinov3.seg model's (that plus the head weights); ``config``: this config's dict plus
+        ``mode``; ``reference_set_hash``: ``classes.digest`` (class list, templates, background prompts);
+        plus ``dinotxt`` (the weights spec), ``classes`` and ``class_table``.
+        """
+        fingerprint = self.dinotxt.fingerprint if self.seg_model is None else self.seg_model.fingerprint()
+        return {
+            "backbone": self.dinotxt.backbone.spec,
+            "backbone_fingerprint": fingerprint,
+            "config": {**self.config.to_dict(), "mode": self.mode},
+            "reference_set_hash": classes.digest,
+            "dinotxt": self.dinotxt.spec,
+            "classes": list(classes.class_names),
+            "class_table": {str(BACKGROUND): "background",
+                            **{str(i + 1): n for i, n in enumerate(classes.class_names)}},
+        }
 
     def _score(self, classes: ClassEmbeddings):
         if self.seg_model is None:

@@ -137,12 +137,12 @@ class ClipTokenizer:
         self.digest = digest.hexdigest()
 
     @classmethod
-    def from_bytes(cls, data: bytes, source: str = "<bytes>") -> "ClipTokenizer":
+    def from_bytes(cls, data: bytes, source: str = "<bytes>") -> ClipTokenizer:
         """From the bytes of a merges file (gzipped or not)."""
         return cls(_parse_merges(bytes(data), source), source=source)
 
     @classmethod
-    def byte_level(cls) -> "ClipTokenizer":
+    def byte_level(cls) -> ClipTokenizer:
         """A merge-free CLIP vocabulary (514 ids: 512 byte symbols + SOT + EOT): every character is a token.
 
         For random towers when no merges file is given; real dino.txt weights need the real file.

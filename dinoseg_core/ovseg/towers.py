@@ -218,13 +218,15 @@ class DinoTxtTowers(nn.Module):
         self.text_model = TextTower(arch)
         self.logit_scale = nn.Parameter(torch.tensor([math.log(1 / 0.07)]))
 
-    def init_random(self, seed: int) -> "DinoTxtTowers":
-        """Seeded random weights (Meta's initialisation scales), for tests and benchmarks only."""
+    def init_random(self, seed: int) -> DinoTxtTowers:
+        """Seeded random weights (Meta's initialisation scales), for tests and benchmarks only. Sets every
+        parameter, so the module may come from ``to_empty``."""
         gen = torch.Generator().manual_seed(seed)
         width = self.arch.text_width
         with torch.no_grad():
             for name, param in self.named_parameters():
                 if name == "logit_scale":
+                    param.fill_(math.log(1 / 0.07))
                     continue
                 if name.endswith(("norm1.weight", "norm2.weight", "attention_norm.weight", "ffn_norm.weight",
                                   "ln_final.weight")):

@@ -4,7 +4,8 @@
 and text tower frozen) with per-pixel cross-entropy over all the dataset's classes, AdamW, and a constant or
 cosine learning rate. Each step draws its images, crops and flips from a generator seeded with
 ``(config.seed, step)``, so a run resumed from a checkpoint continues exactly as an uninterrupted run would
-(same batches, same optimiser state): the test checks equal losses.
+(same batches, same optimiser state, same learning rate) as long as ``steps`` is unchanged (the cosine
+schedule spans ``steps``): the test interrupts a run and checks equal losses.
 
 Progress is reported through ``on_step(step, loss)``; a Prefect task can turn that into logs and artifacts.
 """
@@ -110,7 +111,7 @@ def train(
         config: :class:`TrainConfig`.
         checkpoint: URL of the safetensors checkpoint, written every ``config.checkpoint_every`` steps and at the
             end; with ``resume``, an existing one there is loaded first.
-        on_step: called with (step, loss) after every step.
+        on_step: called with (step, loss) after every step (after that step's checkpoint, if any).
 
     Raises:
         CheckpointError: the checkpoint to resume from was made for another head architecture, class list or
@@ -185,10 +186,10 @@ def train(
             loss.backward()
             optimizer.step()
             losses.append(float(loss.detach()))
-            if on_step is not None:
-                on_step(step, losses[-1])
             if checkpoint is not None and ((step + 1) % config.checkpoint_every == 0 or step + 1 == steps):
                 written = save(step + 1)
+            if on_step is not None:
+                on_step(step, losses[-1])
     finally:
         head.eval()
     return TrainResult(losses=losses, step=max(steps, start), resumed_from=resumed_from,

@@ -50,7 +50,7 @@ class Window:
 
 
 def _round_to(value: float, multiple: int) -> int:
-    return max(multiple, int(round(value / multiple)) * multiple)
+    return max(multiple, round(value / multiple) * multiple)
 
 
 def resize_short_side(height: int, width: int, short_side: int | None, patch_size: int) -> tuple[int, int]:
@@ -179,7 +179,7 @@ def upsample_argmax(scores: torch.Tensor, size: tuple[int, int], rows_per_chunk:
     Returns:
         (index int64 (H, W), max value float32 (H, W)).
     """
-    k, h, w = scores.shape
+    _k, h, w = scores.shape
     out_h, out_w = size
     r0, r1, rw = _axis_weights(h, out_h, scores.device)
     c0, c1, cw = _axis_weights(w, out_w, scores.device)

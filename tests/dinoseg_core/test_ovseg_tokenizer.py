@@ -110,7 +110,7 @@ def test_bad_files(tmp_path):
         ClipTokenizer.from_bytes(b"")
     with pytest.raises(CheckpointError, match="not a merge of two symbols"):
         ClipTokenizer.from_bytes(b"#version\nab\n")
-    with pytest.raises(CheckpointError, match="not a valid BPE vocabulary|duplicate"):
-        ClipTokenizer.from_bytes(gzip.compress("#version\nzz qq\n".encode()))
+    with pytest.raises(CheckpointError, match="do not form a valid BPE vocabulary"):
+        ClipTokenizer.from_bytes(gzip.compress(b"#version\nzz qq\n"))
     with pytest.raises(CheckpointError, match="cannot read"):
         load_tokenizer(tmp_path / "missing.txt.gz")
