@@ -29,6 +29,7 @@ import re
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -56,6 +57,7 @@ __all__ = [
     "Normalization",
     "architecture_of",
     "default_cache_dir",
+    "fetch_to_cache",
     "fingerprint_model",
     "load_backbone",
 ]
@@ -157,37 +159,70 @@ class Backbone:
         Raises:
             InputError: ``pixels`` is not a float (B, 3, H, W) tensor with H, W positive multiples of the patch size.
         """
+        self._check_pixels(pixels, "forward_tokens")
+        b, _, h, w = pixels.shape
+        p = self.patch_size
+        start = 1 + self.num_register_tokens
+        with torch.inference_mode():
+            tokens = self._final_tokens(pixels)  # (B, 1 + R + h*w, C), after the final norm
+            cls = tokens[:, 0]
+            patches = tokens[:, start:].reshape(b, h // p, w // p, -1).permute(0, 3, 1, 2)
+        # Copies made outside inference mode are ordinary tensors.
+        return (cls.to(torch.float32, copy=True),
+                patches.to(torch.float32, memory_format=torch.contiguous_format, copy=True))
+
+    def forward_all_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Every token of the final LayerNorm, registers included: ``[CLS, registers, patches]``.
+
+        :meth:`forward_tokens` drops the registers; heads trained on the whole sequence (dino.txt's vision head)
+        need them.
+
+        Args:
+            pixels: as for :meth:`forward_tokens`.
+
+        Returns:
+            float32 (B, 1 + R + H/p * W/p, C) on :attr:`device`, patches in row-major order; computed in inference
+            mode and returned as an ordinary tensor (a copy), so it may feed a trainable head.
+
+        Raises:
+            InputError: as for :meth:`forward_tokens`.
+        """
+        self._check_pixels(pixels, "forward_all_tokens")
+        with torch.inference_mode():
+            tokens = self._final_tokens(pixels)
+        return tokens.to(torch.float32, copy=True)
+
+    def _final_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        if self.model.training:  # someone called .train(): RoPE would be jittered randomly
+            logger.warning("Backbone model was in train mode; switching it back to eval mode.")
+            self.model.eval()
+        return self.model(pixel_values=pixels.to(device=self.device, dtype=self.dtype)).last_hidden_state
+
+    def _check_pixels(self, pixels: torch.Tensor, caller: str) -> None:
         if not isinstance(pixels, torch.Tensor):
-            raise InputError(f"forward_tokens expects a torch.Tensor (B, 3, H, W), got {type(pixels).__name__}.")
+            raise InputError(f"{caller} expects a torch.Tensor (B, 3, H, W), got {type(pixels).__name__}.")
         channels = int(self.model.config.num_channels)
         if pixels.ndim != 4 or pixels.shape[1] != channels:
             raise InputError(
-                f"forward_tokens expects pixels of shape (B, {channels}, H, W), got {tuple(pixels.shape)}; add a "
+                f"{caller} expects pixels of shape (B, {channels}, H, W), got {tuple(pixels.shape)}; add a "
                 "batch dimension with pixels[None] or move channels first with .permute(2, 0, 1)."
             )
         if not pixels.is_floating_point():
-            raise InputError(f"forward_tokens expects normalised float pixels, got dtype {pixels.dtype}; convert "
+            raise InputError(f"{caller} expects normalised float pixels, got dtype {pixels.dtype}; convert "
                              "to float in [0, 1] and normalise with backbone.normalization first.")
         b, _, h, w = pixels.shape
         p = self.patch_size
         if b == 0 or h == 0 or w == 0 or h % p or w % p:
             fit = (max(p, -(-h // p) * p), max(p, -(-w // p) * p))
             raise InputError(
-                f"forward_tokens expects a non-empty batch with H and W multiples of the patch size {p}, got "
+                f"{caller} expects a non-empty batch with H and W multiples of the patch size {p}, got "
                 f"B={b}, H={h}, W={w}; resize or pad to e.g. {fit[0]}x{fit[1]}."
             )
-        if self.model.training:  # someone called .train(): RoPE would be jittered randomly
-            logger.warning("Backbone model was in train mode; switching it back to eval mode.")
-            self.model.eval()
-        start = 1 + self.num_register_tokens
-        with torch.inference_mode():
-            x = pixels.to(device=self.device, dtype=self.dtype)
-            tokens = self.model(pixel_values=x).last_hidden_state  # (B, 1 + R + h*w, C), after the final norm
-            cls = tokens[:, 0]
-            patches = tokens[:, start:].reshape(b, h // p, w // p, -1).permute(0, 3, 1, 2)
-        # Copies made outside inference mode are ordinary tensors.
-        return (cls.to(torch.float32, copy=True),
-                patches.to(torch.float32, memory_format=torch.contiguous_format, copy=True))
+
+    @property
+    def num_heads(self) -> int:
+        """Attention heads of the ViT's blocks."""
+        return int(self.model.config.num_attention_heads)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -461,26 +496,52 @@ _MANIFEST = "dinoseg-source.json"
 _HF_FILE = re.compile(r"(\.json|\.safetensors|\.bin)$")
 
 
-def _localise_url(url: str, storage_options: dict[str, Any] | None,
-                  cache_dir: str | os.PathLike[str] | None) -> tuple[str, str]:
-    """A local path holding what ``url`` points at: the path itself for local URLs, else a cached copy.
+def fetch_to_cache(
+    url: str,
+    storage_options: dict[str, Any] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    *,
+    expected: str | None = None,
+    directory_files: Callable[[list[str]], list[str]] | None = None,
+) -> str:
+    """A local path holding what the fsspec ``url`` points at: the path itself for local URLs (``file://``, no
+    chaining), else a copy fetched once into the download cache and reused from there on every later call.
+
+    The copy lives in ``<cache_dir>/checkpoints/<sha256 of the URL>/`` (``cache_dir`` defaults to
+    :func:`default_cache_dir`), published with one atomic rename, so concurrent callers never see a partial copy
+    and the first to finish wins. The cache is not revalidated against the remote: delete that directory to
+    fetch again.
+
+    Args:
+        url: fsspec URL of a file, or of a directory when ``directory_files`` is given.
+        storage_options: fsspec options (credentials, ``endpoint_url``, ...).
+        cache_dir: root of the download cache.
+        expected: what the URL should hold, appended to error messages ("Expected <expected>.").
+        directory_files: for a directory URL, receives the names of its files (not recursive) and returns those
+            to fetch, or raises :class:`CheckpointError` naming what is missing; without it a directory is an
+            error.
 
     Returns:
-        (local path, URL as shown in messages).
+        The local path: the file, or the local copy of the directory.
+
+    Raises:
+        CheckpointError: nothing at ``url``, unreachable storage, a refused directory, or a failed download.
+        MissingDependencyError: the URL's fsspec backend (e.g. ``s3fs``) is not installed.
     """
     from dinoseg_core import storage
 
     shown = storage.display_url(url)
+    hint = f" Expected {expected}." if expected else ""
     try:
         fs, path = storage.url_to_fs(url, storage_options)
     except MissingDependencyError:
         raise
     except DinosegError as exc:
-        raise CheckpointError(f"{shown}: cannot open its storage ({exc}). Expected {_accepted_specs()}.") from exc
+        raise CheckpointError(f"{shown}: cannot open its storage ({exc}).{hint}") from exc
     if "file" in (fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)) and "::" not in url:
         if not os.path.exists(path):
-            raise CheckpointError(f"{shown}: no such file or directory. Expected {_accepted_specs()}.")
-        return path, shown
+            raise CheckpointError(f"{shown}: no such file or directory.{hint}")
+        return path
 
     root = os.fspath(cache_dir) if cache_dir is not None else default_cache_dir()
     key = hashlib.sha256(url.encode()).hexdigest()[:32]
@@ -490,12 +551,12 @@ def _localise_url(url: str, storage_options: dict[str, Any] | None,
         with open(manifest) as fh:
             entry = json.load(fh)
         logger.info("Using cached copy of %s at %s.", shown, final)
-        return os.path.join(final, entry["local"]), shown
+        return os.path.join(final, entry["local"])
 
     try:
         info = fs.info(path)
     except FileNotFoundError as exc:
-        raise CheckpointError(f"{shown}: no such object. Expected {_accepted_specs()}.") from exc
+        raise CheckpointError(f"{shown}: no such object.{hint}") from exc
     except Exception as exc:
         raise CheckpointError(f"{shown}: cannot reach it ({type(exc).__name__}: {exc}).") from exc
 
@@ -504,19 +565,14 @@ def _localise_url(url: str, storage_options: dict[str, Any] | None,
     started = time.perf_counter()
     try:
         if info.get("type") == "directory":
+            if directory_files is None:
+                raise CheckpointError(f"{shown}: is a directory; expected a file.{hint}")
             entries = [e for e in fs.ls(path, detail=True) if e.get("type") != "directory"]
             names = {e["name"].rstrip("/").rsplit("/", 1)[-1]: e["name"] for e in entries}
-            if "config.json" not in names:
-                raise CheckpointError(
-                    f"{shown}: directory has no config.json (found: {', '.join(sorted(names)[:8]) or 'nothing'}). "
-                    "Expected a Hugging Face DINOv3 model directory (config.json + model.safetensors) or Meta's "
-                    ".pth checkpoint file."
-                )
             local_name = "model"
             os.makedirs(os.path.join(tmp, local_name))
-            for name, remote in sorted(names.items()):
-                if _HF_FILE.search(name):
-                    fs.get_file(remote, os.path.join(tmp, local_name, name))
+            for name in directory_files(sorted(names)):
+                fs.get_file(names[name], os.path.join(tmp, local_name, name))
         else:
             local_name = path.rstrip("/").rsplit("/", 1)[-1] or "checkpoint.pth"
             fs.get_file(path, os.path.join(tmp, local_name))
@@ -534,4 +590,30 @@ def _localise_url(url: str, storage_options: dict[str, Any] | None,
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     logger.info("Fetched %s into %s in %.1f s.", shown, final, time.perf_counter() - started)
-    return os.path.join(final, local_name), shown
+    return os.path.join(final, local_name)
+
+
+def _hf_directory_files(shown: str) -> Callable[[list[str]], list[str]]:
+    """The files of a remote Hugging Face model directory worth fetching; refuses one without config.json."""
+
+    def select(names: list[str]) -> list[str]:
+        if "config.json" not in names:
+            raise CheckpointError(
+                f"{shown}: directory has no config.json (found: {', '.join(names[:8]) or 'nothing'}). "
+                "Expected a Hugging Face DINOv3 model directory (config.json + model.safetensors) or Meta's "
+                ".pth checkpoint file."
+            )
+        return [name for name in names if _HF_FILE.search(name)]
+
+    return select
+
+
+def _localise_url(url: str, storage_options: dict[str, Any] | None,
+                  cache_dir: str | os.PathLike[str] | None) -> tuple[str, str]:
+    """(local path, URL as shown in messages) of a backbone at a URL (:func:`fetch_to_cache`)."""
+    from dinoseg_core import storage
+
+    shown = storage.display_url(url)
+    local = fetch_to_cache(url, storage_options, cache_dir, expected=_accepted_specs(),
+                           directory_files=_hf_directory_files(shown))
+    return local, shown

@@ -23,14 +23,23 @@ PC-459 27.8, A-150 42.2, PC-59 64.3, PAS-20 97.9, against CAT-Seg ViT-L's 16.0 /
 """
 
 from dinoseg_core.ovseg.classes import concept_names, validate_class_names
-from dinoseg_core.ovseg.config import DEFAULT_TEMPLATES, PAPER_MIOU, OvsegConfig, SegHeadConfig, TrainConfig
+from dinoseg_core.ovseg.config import (
+    DEFAULT_TEMPLATES,
+    PAPER_MIOU,
+    HeadOptions,
+    OvsegConfig,
+    OvsegOptions,
+    SegHeadConfig,
+    TrainConfig,
+    TrainOptions,
+)
 from dinoseg_core.ovseg.data import ArraySegDataset, SegDataset, read_class_table
 from dinoseg_core.ovseg.dinotxt import ClassEmbeddings, DinoTxt, backbone_tokens, load_dinotxt
 from dinoseg_core.ovseg.evaluate import EvalResult, evaluate
 from dinoseg_core.ovseg.model import SegHead, SegModel
 from dinoseg_core.ovseg.segmenter import TextSegmentation, TextSegmenter
 from dinoseg_core.ovseg.tokenizer import ClipTokenizer, load_tokenizer
-from dinoseg_core.ovseg.train import TrainResult, train
+from dinoseg_core.ovseg.train import TrainResult, loss_curve, train
 from dinoseg_core.ovseg.windows import sliding_windows, window_starts
 
 __all__ = [
@@ -41,7 +50,9 @@ __all__ = [
     "ClipTokenizer",
     "DinoTxt",
     "EvalResult",
+    "HeadOptions",
     "OvsegConfig",
+    "OvsegOptions",
     "SegDataset",
     "SegHead",
     "SegHeadConfig",
@@ -49,12 +60,14 @@ __all__ = [
     "TextSegmentation",
     "TextSegmenter",
     "TrainConfig",
+    "TrainOptions",
     "TrainResult",
     "backbone_tokens",
     "concept_names",
     "evaluate",
     "load_dinotxt",
     "load_tokenizer",
+    "loss_curve",
     "read_class_table",
     "sliding_windows",
     "train",

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, Self
 
@@ -26,9 +27,13 @@ from dinoseg_core.errors import InputError
 __all__ = [
     "DEFAULT_TEMPLATES",
     "PAPER_MIOU",
+    "HeadOptions",
     "OvsegConfig",
+    "OvsegOptions",
     "SegHeadConfig",
     "TrainConfig",
+    "TrainOptions",
+    "options_model",
 ]
 
 #: Prompt ensemble (the "scene" templates of ViLD, used by many open-vocabulary segmentation works). Each class
@@ -215,3 +220,24 @@ class TrainConfig(_ConfigMixin):
         if self.schedule not in ("constant", "cosine"):
             raise InputError(f"schedule={self.schedule!r}: use 'constant' or 'cosine'")
         _check_templates(self.templates)
+
+
+def options_model(config: type, name: str, exclude: tuple[str, ...] = ()) -> Any:
+    """A pydantic model with every field of the dataclass ``config`` optional (None: keep the default) and unknown
+    fields refused: the typed form of a config in flow parameters, generated so the defaults stay written once.
+    ``model_dump(exclude_none=True)`` gives the fields to pass to ``config.from_dict`` / ``replace``."""
+    from pydantic import ConfigDict, create_model
+
+    hints = typing.get_type_hints(config)
+    spec = {f.name: (hints[f.name] | None, None) for f in fields(config) if f.name not in exclude}
+    model = create_model(name, __config__=ConfigDict(extra="forbid"), **spec)
+    model.__doc__ = f"{config.__name__} fields; each unset field keeps its default (see {config.__module__})."
+    return model
+
+
+#: Inference options as a flow parameter (:class:`OvsegConfig`).
+OvsegOptions = options_model(OvsegConfig, "OvsegOptions")
+#: Training-loop options as a flow parameter (:class:`TrainConfig`).
+TrainOptions = options_model(TrainConfig, "TrainOptions")
+#: Head architecture options as a flow parameter (:class:`SegHeadConfig`; ``feature_dim`` follows the towers).
+HeadOptions = options_model(SegHeadConfig, "HeadOptions", exclude=("feature_dim",))

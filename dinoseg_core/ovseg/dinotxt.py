@@ -50,9 +50,7 @@ import json
 import logging
 import os
 import re
-import shutil
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -60,8 +58,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from dinoseg_core.backbone import Backbone, default_cache_dir, load_backbone
-from dinoseg_core.errors import CheckpointError, DinosegError, InputError, MissingDependencyError
+from dinoseg_core.backbone import Backbone, fetch_to_cache, load_backbone
+from dinoseg_core.errors import CheckpointError, InputError
 from dinoseg_core.ovseg.classes import validate_class_names
 from dinoseg_core.ovseg.config import DEFAULT_TEMPLATES
 from dinoseg_core.ovseg.tokenizer import ClipTokenizer, load_tokenizer
@@ -91,30 +89,10 @@ _TINY_TEXT = {"text_width": 64, "text_heads": 4, "text_layers": 2, "text_mlp_hid
 # --------------------------------------------------------------------------------------------------------------
 
 def backbone_tokens(backbone: Backbone, pixels: torch.Tensor) -> torch.Tensor:
-    """Every final-LayerNorm token of the frozen backbone: ``[CLS, registers, patches]``.
-
-    :meth:`Backbone.forward_tokens` drops the registers, which the dino.txt vision head attends to, hence this
-    function. Runs under ``no_grad`` (not inference mode), so the result can feed a trainable head.
-
-    Args:
-        pixels: (B, 3, H, W) normalised with ``backbone.normalization``; H, W multiples of the patch size.
-
-    Returns:
-        float32 (B, 1 + R + H/p * W/p, C) on the backbone's device, patches in row-major order.
-    """
-    if not isinstance(pixels, torch.Tensor) or pixels.ndim != 4 or pixels.shape[1] != 3:
-        shape = tuple(pixels.shape) if isinstance(pixels, torch.Tensor) else type(pixels).__name__
-        raise InputError(f"backbone_tokens expects pixels (B, 3, H, W), got {shape}")
-    p = backbone.patch_size
-    b, _, h, w = pixels.shape
-    if b == 0 or h == 0 or w == 0 or h % p or w % p:
-        raise InputError(f"backbone_tokens expects a non-empty batch with H and W multiples of the patch size {p}, "
-                         f"got B={b}, H={h}, W={w}")
-    if backbone.model.training:
-        backbone.model.eval()  # train mode jitters RoPE
-    with torch.no_grad():
-        tokens = backbone.model(pixel_values=pixels.to(device=backbone.device, dtype=backbone.dtype)).last_hidden_state
-    return tokens.float()
+    """Every final-LayerNorm token of the frozen backbone, ``[CLS, registers, patches]``, which the dino.txt vision
+    head attends to: float32 (B, 1 + R + H/p * W/p, C) for (B, 3, H, W) normalised pixels. Same as
+    :meth:`Backbone.forward_all_tokens <dinoseg_core.backbone.Backbone.forward_all_tokens>`."""
+    return backbone.forward_all_tokens(pixels)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -214,7 +192,7 @@ class DinoTxt:
             ``(cls, patches)``: float32 (B, D) and (B, D, H/p, W/p), after the head's final LayerNorm, not
             L2-normalised; computed without gradients.
         """
-        tokens = backbone_tokens(self.backbone, pixels)
+        tokens = self.backbone.forward_all_tokens(pixels)
         b, _, h, w = pixels.shape
         p = self.patch_size
         with torch.no_grad():
@@ -437,59 +415,6 @@ def _read_state(path: str, shown: str) -> dict[str, torch.Tensor]:
     return state
 
 
-def _localise(url: str, storage_options: dict[str, Any] | None, cache_dir: str | os.PathLike[str] | None) -> str:
-    """A local path for ``url``: itself for local files, else a copy cached under ``<cache>/checkpoints/``.
-
-    Same cache layout as the backbone loader's (one directory per sha256 of the URL, published atomically);
-    the cache is not revalidated: delete the directory to fetch again.
-    """
-    from dinoseg_core import storage
-
-    shown = storage.display_url(url)
-    try:
-        fs, path = storage.url_to_fs(url, storage_options)
-    except MissingDependencyError:
-        raise
-    except DinosegError as exc:
-        raise CheckpointError(f"{shown}: cannot open its storage ({exc}).") from exc
-    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
-    if "file" in protocols and "::" not in url:
-        return path
-    root = os.fspath(cache_dir) if cache_dir is not None else default_cache_dir()
-    key = hashlib.sha256(url.encode()).hexdigest()[:32]
-    final = os.path.join(root, "checkpoints", key)
-    manifest = os.path.join(final, "dinoseg-source.json")
-    if os.path.isfile(manifest):
-        with open(manifest) as fh:
-            return os.path.join(final, json.load(fh)["local"])
-    try:
-        if not fs.exists(path):
-            raise CheckpointError(f"{shown}: no such object. Expected {_EXPECTED_FILE}.")
-    except DinosegError:
-        raise
-    except Exception as exc:
-        raise CheckpointError(f"{shown}: cannot reach it ({type(exc).__name__}: {exc}).") from exc
-    tmp = os.path.join(root, "checkpoints", f".{key}.{uuid.uuid4().hex}.tmp")
-    os.makedirs(tmp, exist_ok=True)
-    name = path.rstrip("/").rsplit("/", 1)[-1] or "dinotxt.pth"
-    started = time.perf_counter()
-    try:
-        fs.get_file(path, os.path.join(tmp, name))
-        with open(os.path.join(tmp, "dinoseg-source.json"), "w") as fh:
-            json.dump({"url": shown, "local": name}, fh)
-        try:
-            os.replace(tmp, final)
-        except OSError:
-            if not os.path.isfile(manifest):  # not a concurrent loader that won the race
-                raise
-    except Exception as exc:
-        raise CheckpointError(f"{shown}: download failed ({type(exc).__name__}: {exc}).") from exc
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    logger.info("Fetched %s into %s in %.1f s.", shown, final, time.perf_counter() - started)
-    return os.path.join(final, name)
-
-
 # --------------------------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------------------------
@@ -544,7 +469,7 @@ def load_dinotxt(
     if not isinstance(backbone, Backbone):
         raise InputError(f"backbone must be a Backbone or a spec string, got {type(backbone).__name__}")
     tokenizer = load_tokenizer(bpe, storage_options)
-    heads = int(backbone.model.config.num_attention_heads)
+    heads = backbone.num_heads
 
     if random_match:
         text = _TINY_TEXT if kind == "tiny" else {}
@@ -568,8 +493,8 @@ def load_dinotxt(
         from dinoseg_core import storage
 
         source = storage.display_url(weights)
-        local = _localise(weights, storage_options, cache_dir) if ("://" in weights or "::" in weights) else \
-            os.path.expanduser(weights)
+        local = fetch_to_cache(weights, storage_options, cache_dir, expected=_EXPECTED_FILE) if (
+            "://" in weights or "::" in weights) else os.path.expanduser(weights)
         state = _read_state(local, source)
         arch, converted = convert_meta_dinotxt_state_dict(state, vision_heads=heads, shown=source)
         if arch.vision_dim != backbone.embed_dim:

@@ -27,7 +27,7 @@ from dinoseg_core.ovseg.config import TrainConfig
 from dinoseg_core.ovseg.model import SegModel, head_from_checkpoint, read_checkpoint, save_checkpoint
 from dinoseg_core.ovseg.windows import resize_short_side
 
-__all__ = ["TrainResult", "sample_batch", "train"]
+__all__ = ["TrainResult", "loss_curve", "sample_batch", "train"]
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,19 @@ def sample_batch(dataset: Any, step: int, config: TrainConfig, patch_size: int, 
         pixels.append(out_img)
         labels.append(out_lab)
     return torch.stack(pixels), torch.stack(labels)
+
+
+def loss_curve(losses: list[float], every: int) -> list[dict[str, float]]:
+    """The loss curve, one point per ``every`` steps: ``{"step": last step of the window (1-based), "loss": mean,
+    "min", "max"}`` over the window (the last window may be shorter)."""
+    if every < 1:
+        raise InputError(f"every={every}: must be at least 1")
+    curve = []
+    for start in range(0, len(losses), every):
+        window = losses[start:start + every]
+        curve.append({"step": start + len(window), "loss": round(float(np.mean(window)), 6),
+                      "min": round(float(min(window)), 6), "max": round(float(max(window)), 6)})
+    return curve
 
 
 def _lr(config: TrainConfig, step: int, steps: int) -> float:

@@ -18,6 +18,7 @@ from dinoseg_core.backbone import (
     SAT493M,
     Backbone,
     Normalization,
+    fetch_to_cache,
     fingerprint_model,
     load_backbone,
 )
@@ -215,6 +216,24 @@ def test_memory_url_is_fetched_once_then_served_from_the_cache(tiny, cache_root,
     second = load_backbone(url, device="cpu")  # ...so this can only come from the cache
     assert second.fingerprint == first.fingerprint
     assert os.listdir(cache_root / "checkpoints") == entries
+
+
+def test_fetch_to_cache_serves_any_file_once(cache_root, tmp_path):
+    url = f"memory:///dinoseg-test-{uuid.uuid4().hex}/vocab.txt.gz"
+    fsspec.filesystem("memory").pipe_file(url.removeprefix("memory://"), b"payload")
+    local = fetch_to_cache(url)
+    assert local.startswith(str(cache_root)) and open(local, "rb").read() == b"payload"
+    fsspec.filesystem("memory").rm(url.removeprefix("memory://"))
+    assert fetch_to_cache(url) == local  # from the cache
+    plain = tmp_path / "plain.bin"
+    plain.write_bytes(b"x")
+    assert fetch_to_cache(f"file://{plain}") == str(plain)  # local files are read in place
+    with pytest.raises(CheckpointError, match=r"memory://nothing/there: no such object\. Expected a thing"):
+        fetch_to_cache("memory://nothing/there", expected="a thing")
+    folder = f"memory:///dinoseg-test-{uuid.uuid4().hex}"
+    fsspec.filesystem("memory").pipe_file(f"{folder.removeprefix('memory://')}/a.bin", b"a")
+    with pytest.raises(CheckpointError, match="is a directory"):
+        fetch_to_cache(folder)
 
 
 def test_same_weights_give_the_same_fingerprint_from_every_format(tiny, cache_root):
@@ -443,6 +462,21 @@ def test_forward_tokens_rejects_bad_pixels(tiny, pixels):
     backbone = load_backbone(tiny.hf, device="cpu")
     with pytest.raises(InputError):
         backbone.forward_tokens(pixels)
+
+
+def test_forward_all_tokens_keeps_the_registers(tiny):
+    backbone = load_backbone(tiny.hf, device="cpu")
+    tokens = backbone.forward_all_tokens(tiny.pixels)
+    assert tokens.shape == (2, 1 + 4 + 4 * 3, 64) and tokens.dtype == torch.float32
+    assert not torch.is_inference(tokens)  # may feed a trainable head
+    with torch.no_grad():
+        expected = tiny.model(pixel_values=tiny.pixels).last_hidden_state
+    torch.testing.assert_close(tokens, expected, atol=1e-5, rtol=1e-4)
+    cls, patches = backbone.forward_tokens(tiny.pixels)
+    torch.testing.assert_close(tokens[:, 0], cls)
+    torch.testing.assert_close(tokens[:, 5:], patches.flatten(2).transpose(1, 2))
+    with pytest.raises(InputError, match="forward_all_tokens"):
+        backbone.forward_all_tokens(torch.zeros(1, 3, 50, 32))
 
 
 def test_train_mode_is_undone_before_a_forward(tiny):

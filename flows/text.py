@@ -1,0 +1,335 @@
+"""Flows of open-vocabulary segmentation (classes *named in text*, :mod:`dinoseg_core.ovseg`):
+
+- ``label_with_text``: every image of a collection -> one mask per class in the Zarr mask archive, incremental
+  like ``label_collection`` (same layout, provenance, run log, failure reporting);
+- ``train_ovss``: train the dinov3.seg head on a labelled dataset (folder or COCO-Stuff layout) on any storage,
+  backbone and text tower frozen, resumable safetensors checkpoints, progress and loss-curve artifacts;
+- ``evaluate_ovss``: mIoU per class and overall on a labelled dataset, as a table artifact and the flow's result.
+
+The flow bodies are plain loops over tasks (:mod:`tasks.text`); results are plain dicts (JSON).
+
+Large scenes: each image is resized to ``short_side`` (640) and scored in sliding windows (384, stride 256) plus a
+global view, so the model's memory per image is bounded; the decoded image and its label map are still held at
+full size. Whole-scene GeoTIFFs (tens of thousands of pixels a side, georeferenced output) belong to the
+remote-sensing path (:mod:`dinoseg_core.geo`), which reads windows of the raster and stitches the masks.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import time
+import uuid
+from typing import Any, Literal
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.futures import as_completed
+from prefect.runtime import flow_run
+from prefect.states import Completed, Failed
+from pydantic import Field
+from tqdm import tqdm
+
+from dinoseg_core import storage
+from dinoseg_core.archive import MaskArchive
+from dinoseg_core.errors import InputError
+from dinoseg_core.ovseg import OvsegConfig, SegHeadConfig, TrainConfig, validate_class_names
+from dinoseg_core.ovseg.config import HeadOptions, OvsegOptions, TrainOptions
+from flows.labelling import DEFAULT_BATCH_SIZE, _prefix, _summary, task_runner
+from tasks.labelling import list_images
+from tasks.reporting import write_run_log
+from tasks.settings import ImageOutcome
+from tasks.text import (
+    DatasetLayout,
+    DatasetSpec,
+    TextModelSpec,
+    TextSettings,
+    evaluate_model,
+    label_text_batch,
+    prepare_classes,
+    train_head,
+)
+
+RESULT_SERIALIZER = "json"
+_CONCEPT_PREFIX = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]{0,19})?$")
+
+
+def _class_list(classes: list[str] | str) -> tuple[str, ...]:
+    """The validated class list (a list, or one comma-separated string)."""
+    try:
+        return validate_class_names(classes)
+    except InputError as exc:
+        raise InputError(f"classes: {exc}") from None
+
+
+def _options(model: Any, config_cls: type, what: str) -> dict[str, Any]:
+    """The fields given in a pydantic options model (or dict), checked against the config they belong to."""
+    if model is None:
+        given: dict[str, Any] = {}
+    else:
+        given = model.model_dump(exclude_none=True) if hasattr(model, "model_dump") else dict(model)
+    given = {k: list(v) if isinstance(v, tuple) else v for k, v in given.items()}
+    try:
+        config_cls.from_dict(given)
+    except InputError as exc:
+        raise InputError(f"{what}: {exc}") from None
+    return given
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# label_with_text
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@flow(name="label-with-text", validate_parameters=True, result_serializer=RESULT_SERIALIZER)
+def label_with_text(
+    classes: list[str] | str,
+    images: str | list[str],
+    archive: str,
+    dinotxt: str,
+    bpe: str | None = None,
+    backbone: str | None = None,
+    head: str | None = None,
+    device: str | None = None,
+    dtype: Literal["float32", "bfloat16"] | None = None,
+    storage_options: dict[str, Any] | None = None,
+    options: OvsegOptions | None = None,
+    force: bool = False,
+    save_similarity: bool = False,
+    concept_prefix: str = "",
+    batch_size: int = Field(default=DEFAULT_BATCH_SIZE, ge=1),
+    workers: int = Field(default=2, ge=1),
+):
+    """Segment classes named in text on every image of a collection, into a Zarr mask archive.
+
+    Each class gets its own concept in the archive (``concept_prefix`` + an archive-safe form of the name,
+    ``"solar panel"`` -> ``solar_panel``) and one mask per image: the pixels where that class wins (the classes
+    compete for every pixel). Masks record the dino.txt (or dinov3.seg) fingerprint, the inference config and the
+    class-list digest, so a second run on the same inputs writes nothing; changing the class list, the templates
+    or the config relabels, ``force`` relabels everything.
+
+    Args:
+        classes: the class names, a list or one comma-separated string (``"building,road,water"``).
+        images: glob pattern of the collection (``s3://lake/tiles/**/*.png``) or an explicit list of URLs.
+        archive: URL of the Zarr mask archive (created if missing; may be shared with ``label_collection``).
+        dinotxt: Meta's dino.txt head-and-text-encoder file (path or URL), or ``random:tiny`` for tests.
+        bpe: CLIP's ``bpe_simple_vocab_16e6.txt.gz`` (required for Meta's weights).
+        backbone: the DINOv3 ViT-L/16 backbone spec (required for Meta's weights, e.g. ``dinov3-vitl16``).
+        head: a trained dinov3.seg head checkpoint (``train_ovss``); unset: zero-shot dino.txt.
+        storage_options: fsspec options for every URL (never logged).
+        options: :class:`~dinoseg_core.ovseg.OvsegConfig` fields (windows, templates, background threshold...).
+        force: relabel everything, even masks that are up to date.
+        save_similarity: also store each class's probability map (float16, aggregation grid).
+        concept_prefix: prepended to each class's concept name (e.g. ``text-``) to keep them apart from
+            in-context concepts of the same name.
+        batch_size: images per task; workers: tasks at once in this process.
+    """
+    logger = get_run_logger()
+    started = time.perf_counter()
+    run_id = str(flow_run.get_id() or uuid.uuid4())
+    created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    names = _class_list(classes)  # duplicates and empty names fail here, before anything is loaded
+    if not _CONCEPT_PREFIX.match(concept_prefix):
+        raise InputError(f"concept_prefix={concept_prefix!r}: use up to 20 characters from A-Z a-z 0-9 . _ - "
+                         "starting with a letter or digit, e.g. 'text-'")
+    given = _options(options, OvsegConfig, "options")
+    MaskArchive.open(archive, storage_options, mode="a")  # fail fast on a foreign or unreadable archive
+    settings = TextSettings(
+        model=TextModelSpec(dinotxt, bpe, backbone, head, device, dtype),
+        archive_url=archive,
+        classes=names,
+        options=given,
+        storage_options=storage_options,
+        force=force,
+        save_similarity=save_similarity,
+        input_prefix=_prefix(images) if isinstance(images, str) else None,
+        concept_prefix=concept_prefix,
+    )
+    prepared = prepare_classes(settings)  # a prompt longer than the text context fails here
+    if prepared.is_random:
+        logger.warning("RANDOM WEIGHTS: %s is a random initialisation; the masks only check the pipeline.", dinotxt)
+    items = list_images(images, storage_options)
+    logger.info("%d image(s), %d class(es) (%s): %s", len(items), len(names), prepared.mode,
+                ", ".join(f"{n} -> {c}" for n, c in zip(prepared.names, prepared.concepts)))
+
+    batches = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
+    labelling_started = time.perf_counter()
+    progress = create_progress_artifact(0.0, description=f"dinoseg label-text: {len(items)} images")
+    outcomes: list[ImageOutcome] = []
+    bar = tqdm(total=len(items), desc="label-text", unit="image", disable=None)  # shown on a terminal only
+    with task_runner(workers) as runner:
+        futures = {runner.submit(label_text_batch, {"items": b, "prepared": prepared, "settings": settings}): b
+                   for b in batches}
+        for future in as_completed(list(futures)):
+            try:
+                outcomes.extend(future.result())
+            except Exception as exc:  # retries exhausted: every image of the batch failed for this reason
+                reason = f"{type(exc).__name__}: {exc}"
+                outcomes.extend(ImageOutcome(url, "failed", reason=reason) for url, _ in futures[future])
+            update_progress_artifact(progress, 100.0 * len(outcomes) / max(len(items), 1))
+            bar.update(len(futures[future]))
+    bar.close()
+
+    summary = _summary(outcomes, time.perf_counter() - started, time.perf_counter() - labelling_started)
+    summary["concepts"] = dict(zip(prepared.names, prepared.concepts))
+    logger.info("labelled %(labelled)d, skipped %(skipped)d, failed %(failed)d", summary)
+    create_table_artifact(
+        [{"status": k, "images": summary[k]} for k in ("labelled", "skipped", "failed")]
+        + [{"status": "seconds per labelled image", "images": summary["seconds_per_labelled_image"]}]
+        + [{"status": f"class {n}", "images": f"concept {c}"} for n, c in summary["concepts"].items()]
+        + [{"status": f"failed: {f['uri']}", "images": f["reason"]} for f in summary["failures"]],
+        description="dinoseg label-text summary",
+    )
+    if summary["labelled"] or summary["failed"]:  # a run that changed nothing writes nothing
+        write_run_log(archive, storage_options, run_id, {
+            "run_id": run_id, "flow": "label-with-text", "started": created, "classes": list(names),
+            "images": images if isinstance(images, str) else list(images), "dinotxt": dinotxt,
+            "backbone": backbone, "head": head, "mode": prepared.mode, "options": given, "force": force,
+            **summary,
+        })
+    if summary["failed"]:
+        failed = "; ".join(f"{f['uri']}: {f['reason']}" for f in summary["failures"][:20])
+        return Failed(message=f"{summary['failed']} of {len(items)} image(s) failed: {failed}", data=summary)
+    return Completed(message=f"labelled {summary['labelled']}, skipped {summary['skipped']}", data=summary)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# train_ovss / evaluate_ovss
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _dataset(dataset: str, layout: DatasetLayout, classes: list[str] | str | None, class_table: str | None,
+             split: str) -> DatasetSpec:
+    names = _class_list(classes) if classes is not None else None
+    return DatasetSpec(dataset, layout, names, class_table, split)
+
+
+_BARS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float]) -> str:
+    """A one-line unicode chart of ``values`` (low to high: ▁ to █)."""
+    if not values:
+        return ""
+    low, high = min(values), max(values)
+    span = (high - low) or 1.0
+    return "".join(_BARS[min(len(_BARS) - 1, int((v - low) / span * len(_BARS)))] for v in values)
+
+
+@flow(name="train-ovss", validate_parameters=True, result_serializer=RESULT_SERIALIZER)
+def train_ovss(
+    dataset: str,
+    dinotxt: str,
+    checkpoint: str,
+    steps: int = Field(ge=1),
+    classes: list[str] | str | None = None,
+    class_table: str | None = None,
+    layout: DatasetLayout = "folder",
+    split: str = "train2017",
+    bpe: str | None = None,
+    backbone: str | None = None,
+    device: str | None = None,
+    dtype: Literal["float32", "bfloat16"] | None = None,
+    storage_options: dict[str, Any] | None = None,
+    train: TrainOptions | None = None,
+    head: HeadOptions | None = None,
+    resume: bool = True,
+    log_every: int = Field(default=50, ge=1),
+):
+    """Train the dinov3.seg head on a labelled dataset; the backbone, the dino.txt vision head and the text tower
+    stay frozen.
+
+    Args:
+        dataset: root URL of the dataset: ``folder`` layout ``<root>/images/*`` + ``<root>/annotations/*.png``
+            (values index ``classes``), or ``coco-stuff`` layout ``<root>/{images,annotations}/<split>/``.
+        dinotxt, bpe, backbone: the frozen towers (see ``label_with_text``).
+        checkpoint: URL of the head checkpoint (safetensors), written every ``train.checkpoint_every`` steps and
+            at the end; with ``resume`` (default) an existing one there is continued, so rerunning after an
+            interruption finishes the job.
+        steps: total optimiser steps (a resumed run does only the missing ones).
+        classes: class names of the folder layout (label value i -> classes[i]).
+        class_table: URL of the raw id -> name table (coco-stuff layout).
+        train: :class:`~dinoseg_core.ovseg.TrainConfig` fields; head: :class:`~dinoseg_core.ovseg.SegHeadConfig`
+            fields (``feature_dim`` follows the towers).
+        log_every: steps per point of the loss curve (and per progress update).
+
+    Returns:
+        A dict: ``checkpoint``, ``steps``, ``resumed_from``, ``loss_curve`` ([{step, loss, min, max}]),
+        ``first_loss``, ``final_loss``, ``seconds``, ``seconds_per_step``, ``classes``, ``images``.
+    """
+    logger = get_run_logger()
+    data = _dataset(dataset, layout, classes, class_table, split)
+    train_given = _options(train, TrainConfig, "train")
+    head_given = _options(head, SegHeadConfig, "head")
+    model = TextModelSpec(dinotxt, bpe, backbone, None, device, dtype)
+    result = train_head(data, model, checkpoint, steps, train_given, head_given, resume, log_every, storage_options)
+    curve = result["loss_curve"]
+    create_table_artifact(curve, description=f"train_ovss loss curve (mean loss every {log_every} steps)")
+    create_markdown_artifact(
+        "\n".join([
+            "# train_ovss",
+            f"- checkpoint: `{storage.display_url(checkpoint)}`",
+            f"- steps: {result['steps']} (resumed from {result['resumed_from']})",
+            f"- dataset: `{storage.display_url(dataset)}` ({result['images']} images, {len(result['classes'])} "
+            "classes)",
+            f"- loss: {result['first_loss']} -> {result['final_loss']} (mean of the first and last {log_every} "
+            "steps)",
+            f"- {result['seconds_per_step']} s per step",
+            *(["- **random dino.txt weights**: this run checks the training loop, not accuracy"]
+              if result["random_weights"] else []),
+            "",
+            f"loss every {log_every} steps: `{sparkline([p['loss'] for p in curve])}`",
+        ]),
+        description="train_ovss summary and loss curve",
+    )
+    logger.info("trained %d steps (resumed from %d): loss %s -> %s; checkpoint %s", result["steps"],
+                result["resumed_from"], result["first_loss"], result["final_loss"], storage.display_url(checkpoint))
+    return Completed(message=f"trained {result['steps']} steps, loss {result['first_loss']} -> "
+                             f"{result['final_loss']}", data=result)
+
+
+@flow(name="evaluate-ovss", validate_parameters=True, result_serializer=RESULT_SERIALIZER)
+def evaluate_ovss(
+    dataset: str,
+    dinotxt: str,
+    head: str | None = None,
+    classes: list[str] | str | None = None,
+    class_table: str | None = None,
+    layout: DatasetLayout = "folder",
+    split: str = "val2017",
+    bpe: str | None = None,
+    backbone: str | None = None,
+    device: str | None = None,
+    dtype: Literal["float32", "bfloat16"] | None = None,
+    storage_options: dict[str, Any] | None = None,
+    options: OvsegOptions | None = None,
+    limit: int | None = Field(default=None, ge=1),
+):
+    """mIoU of zero-shot dino.txt (no ``head``) or a trained dinov3.seg head on a labelled dataset.
+
+    One confusion matrix over every labelled pixel of the dataset; IoU per class, mIoU over the classes present in
+    the ground truth or the predictions; pixels left as background count as misses. The dataset arguments are
+    those of ``train_ovss``.
+
+    Returns:
+        A dict: ``miou``, ``pixel_accuracy``, ``iou`` (class -> IoU or None), ``images``, ``seconds_per_image``,
+        ``class_names``, ``mode``, ``markdown``. Fractions, not percentages.
+    """
+    data = _dataset(dataset, layout, classes, class_table, split)
+    given = _options(options, OvsegConfig, "options")
+    model = TextModelSpec(dinotxt, bpe, backbone, head, device, dtype)
+    result = evaluate_model(data, model, given, limit, storage_options)
+    rows = [{"class": name, "IoU (%)": None if iou is None else round(100 * iou, 2)}
+            for name, iou in result["iou"].items()]
+    miou = None if result["miou"] is None else round(100 * result["miou"], 2)
+    accuracy = None if result["pixel_accuracy"] is None else round(100 * result["pixel_accuracy"], 2)
+    rows += [{"class": "mIoU", "IoU (%)": miou}, {"class": "pixel accuracy", "IoU (%)": accuracy}]
+    create_table_artifact(rows, description=f"evaluate_ovss ({result['mode']}) on {storage.display_url(dataset)}: "
+                                            f"{result['images']} images" + (" - RANDOM WEIGHTS" if
+                                                                             result["random_weights"] else ""))
+    return Completed(message=f"mIoU {miou} % over {result['images']} image(s)", data=result)

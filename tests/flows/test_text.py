@@ -1,0 +1,194 @@
+"""The open-vocabulary flows under a real (temporary) Prefect server, with tiny random towers on small generated
+images: label_with_text (read back, incremental, failures, bad class lists), train_ovss (loss falls, safetensors
+checkpoint, resume), evaluate_ovss (per-class IoU), and their commands."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from dinoseg_core import imageio, storage
+from dinoseg_core.archive import MaskArchive, image_key
+from dinoseg_core.errors import InputError
+from dinoseg_core.ovseg import SegModel, load_dinotxt
+from flows.cli import main as cli
+from flows.text import evaluate_ovss, label_with_text, sparkline, train_ovss
+from tests.ovseg_factory import SHAPE_CLASSES, shapes_image
+
+TINY = "random:tiny@0"
+CLASSES = "grass,red square,blue disk"
+#: One 64-px window per image and one template: every stage runs, at the lowest cost.
+OPTIONS = {"short_side": 64, "window": 64, "stride": 32, "templates": ["a photo of a {}."]}
+TRAIN = {"batch_size": 2, "lr": 1e-2, "short_side": 64, "crop": 64, "schedule": "constant",
+         "templates": ["a photo of a {}."], "checkpoint_every": 8}
+HEAD = {"hidden": 16, "early_blocks": 0, "spatial_blocks": 1, "class_blocks": 1, "class_heads": 2,
+        "decoder_channels": [8]}
+
+
+def artifacts_of(state) -> list[dict]:
+    """The artifacts a flow run created, from the server's REST API (the 3.8.8 client sends None for
+    limit/sort, which the server rejects)."""
+    from prefect.settings import PREFECT_API_URL
+
+    body = {"artifacts": {"flow_run_id": {"any_": [str(state.state_details.flow_run_id)]}},
+            "limit": 50, "offset": 0, "sort": "CREATED_DESC"}
+    response = httpx.post(f"{PREFECT_API_URL.value()}/artifacts/filter", json=body)
+    response.raise_for_status()
+    return response.json()
+
+
+def write_tiles(root: str, n: int = 3, size: int = 64) -> list[str]:
+    urls = []
+    for i in range(n):
+        url = storage.join(root, "tiles", f"tile_{i:02d}.png")
+        imageio.write_image_png(url, shapes_image(100 + i, size)[0])
+        urls.append(url)
+    return urls
+
+
+def write_dataset(root: str, n: int, seed: int, size: int = 64) -> str:
+    """A folder-layout dataset of coloured shapes: ``images/*.png`` + ``annotations/*.png`` (class indices)."""
+    for i in range(n):
+        image, label = shapes_image(seed * 1000 + i, size)
+        imageio.write_image_png(storage.join(root, "images", f"{i:03d}.png"), image)
+        buf = io.BytesIO()
+        Image.fromarray(label.astype(np.uint8), mode="L").save(buf, format="PNG")
+        storage.write_bytes(storage.join(root, "annotations", f"{i:03d}.png"), buf.getvalue())
+    return root
+
+
+def label(**params):
+    return label_with_text(dinotxt=TINY, device="cpu", options=OPTIONS, return_state=True, **params)
+
+
+def test_label_with_text_writes_masks_a_user_reads_back_then_skips(tmp_path):
+    root = str(tmp_path / "bucket")
+    urls = write_tiles(root)
+    params = dict(classes=CLASSES, images=f"{root}/tiles/*.png", archive=str(tmp_path / "a.zarr"))
+    first = label(**params)
+    assert first.is_completed(), first.message
+    summary = first.result()
+    assert summary["labelled"] == 3 and summary["failed"] == 0
+    assert summary["concepts"] == {"grass": "grass", "red square": "red_square", "blue disk": "blue_disk"}
+    assert {"progress", "table"} <= {a["type"] for a in artifacts_of(first)}
+
+    archive = MaskArchive.open(params["archive"], mode="r")
+    key = image_key(urls[0], f"{root}/tiles")
+    stored = archive.load("red_square", key)
+    assert stored.mask.shape == (64, 64) and stored.mask.dtype == bool
+    assert stored.record["class"] == "red square" and stored.record["source_uri"] == urls[0]
+    assert len(archive.list_masks()) == 9
+
+    second = label(**params)
+    assert second.is_completed() and second.result()["skipped"] == 3 and second.result()["labelled"] == 0
+    assert len(archive.run_logs()) == 1  # the no-op run wrote nothing, not even a log
+    assert archive.run_logs()[0]["flow"] == "label-with-text"
+
+
+def test_a_corrupt_image_fails_alone_and_is_named_everywhere(tmp_path):
+    root = str(tmp_path / "bucket")
+    write_tiles(root, n=2)
+    storage.write_bytes(f"{root}/tiles/tile_zz_truncated.png", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    state = label(classes=CLASSES, images=f"{root}/tiles/*.png", archive=str(tmp_path / "a.zarr"), batch_size=2)
+    assert state.is_failed()
+    assert "tile_zz_truncated.png" in state.message
+    summary = state.result(raise_on_failure=False)
+    assert summary["labelled"] == 2 and summary["failed"] == 1
+    log = MaskArchive.open(str(tmp_path / "a.zarr"), mode="r").run_logs()[0]
+    assert log["failures"][0]["uri"].endswith("tile_zz_truncated.png") and log["failures"][0]["reason"]
+    table = next(a for a in artifacts_of(state) if a["type"] == "table")
+    assert "tile_zz_truncated.png" in json.dumps(table["data"])
+
+
+@pytest.mark.parametrize("classes, message", [
+    ("building,road,Road", r"classes: class names #1 'road' and #2 'Road' are duplicates"),
+    ("building,,road", r"classes: class name #1 is empty"),
+    (["building", "very " * 20 + "long field"], r"class 'very very .*long field' with template .* tokens long"),
+], ids=["duplicate", "empty", "too-long"])
+def test_bad_class_lists_fail_early_with_a_clear_message(tmp_path, classes, message):
+    root = str(tmp_path / "bucket")
+    write_tiles(root, n=1)
+    state = label(classes=classes, images=f"{root}/tiles/*.png", archive=str(tmp_path / "a.zarr"))
+    assert state.is_failed()
+    assert pytest.raises(InputError, state.result).match(message)
+    assert not (tmp_path / "a.zarr" / "masks" / "building").exists()
+
+
+@pytest.mark.slow
+def test_train_lowers_the_loss_writes_a_checkpoint_and_resumes_then_evaluate(tmp_path):
+    data = write_dataset(str(tmp_path / "train"), n=8, seed=0)
+    checkpoint = str(tmp_path / "head.safetensors")
+    common = dict(dataset=data, dinotxt=TINY, checkpoint=checkpoint, classes=list(SHAPE_CLASSES), device="cpu",
+                  train=TRAIN, head=HEAD, log_every=4, return_state=True)
+    first = train_ovss(steps=16, **common)
+    assert first.is_completed(), first.message
+    result = first.result()
+    assert result["steps"] == 16 and result["resumed_from"] == 0 and len(result["loss_curve"]) == 4
+    assert result["final_loss"] < 0.8 * result["first_loss"], result["loss_curve"]
+    assert {"progress", "table", "markdown"} <= {a["type"] for a in artifacts_of(first)}
+    model = SegModel.load(checkpoint, load_dinotxt(TINY, device="cpu"))
+    assert model.head.config.hidden == 16
+
+    resumed = train_ovss(steps=20, **common)
+    assert resumed.is_completed(), resumed.message
+    again = resumed.result()
+    assert again["resumed_from"] == 16 and again["steps"] == 20 and len(again["loss_curve"]) == 5
+    assert again["loss_curve"][:4] == result["loss_curve"]  # the history travels with the checkpoint
+
+    state = evaluate_ovss(dataset=write_dataset(str(tmp_path / "val"), n=3, seed=1), dinotxt=TINY, head=checkpoint,
+                          classes=list(SHAPE_CLASSES), device="cpu", options=OPTIONS, return_state=True)
+    assert state.is_completed(), state.message
+    evaluation = state.result()
+    assert set(evaluation["iou"]) == set(SHAPE_CLASSES) and evaluation["images"] == 3
+    assert 0.0 <= evaluation["miou"] <= 1.0 and evaluation["mode"] == "dinov3.seg"
+    table = next(a for a in artifacts_of(state) if a["type"] == "table")
+    assert "mIoU" in json.dumps(table["data"]) and "red square" in json.dumps(table["data"])
+
+
+def test_train_and_evaluate_name_what_is_missing(tmp_path):
+    state = train_ovss(dataset=str(tmp_path), dinotxt=TINY, checkpoint=str(tmp_path / "h.safetensors"), steps=1,
+                       return_state=True)
+    assert state.is_failed() and pytest.raises(InputError, state.result).match("folder layout needs classes")
+    state = evaluate_ovss(dataset=str(tmp_path), dinotxt=TINY, layout="coco-stuff", return_state=True)
+    assert state.is_failed() and pytest.raises(InputError, state.result).match("needs class_table")
+
+
+def test_the_text_commands(tmp_path, capsys):
+    root = str(tmp_path / "bucket")
+    write_tiles(root, n=2)
+    args = ["label-text", "--classes", "grass,red square", "--images", f"{root}/tiles/*.png", "--archive",
+            str(tmp_path / "a.zarr"), "--dinotxt", TINY, "--device", "cpu", "--short-side", "64", "--window", "64",
+            "--stride", "32", "--templates", "a photo of a {}.", "--background-threshold", "0.3", "--concept-prefix", "text-"]
+    assert cli(args) == 0
+    assert "labelled 2, skipped 0, failed 0" in capsys.readouterr().err
+    archive = MaskArchive.open(str(tmp_path / "a.zarr"), mode="r")
+    assert {c for c, _ in archive.list_masks()} == {"text-grass", "text-red_square"}
+    assert {archive.mask_record(c, k)["config"]["background_threshold"] for c, k in archive.list_masks()} == {0.3}
+    assert cli(args) == 0 and "labelled 0, skipped 2" in capsys.readouterr().err
+    bad = args[:2] + ["grass,,road"] + args[3:]
+    assert cli(bad) == 2 and "is empty" in capsys.readouterr().err
+
+    data = write_dataset(str(tmp_path / "data"), n=2, seed=2)
+    checkpoint = str(tmp_path / "head.safetensors")
+    assert cli(["train-ovss", "--dataset", data, "--classes", ",".join(SHAPE_CLASSES), "--dinotxt", TINY,
+                "--device", "cpu", "--checkpoint", checkpoint, "--steps", "2", "--batch-size", "2", "--crop", "64",
+                "--short-side", "64", "--templates", "a photo of a {}.", "--head-hidden", "16",
+                "--head-class-heads", "2", "--head-decoder-channels", "8"]) == 0
+    assert "trained 2 steps (resumed from 0)" in capsys.readouterr().err
+    out = str(tmp_path / "eval.json")
+    assert cli(["eval-ovss", "--dataset", data, "--classes", ",".join(SHAPE_CLASSES), "--dinotxt", TINY,
+                "--device", "cpu", "--head", checkpoint, "--short-side", "64", "--window", "64", "--stride", "32",
+                "--json", out]) == 0
+    captured = capsys.readouterr()
+    assert "| **mIoU** |" in captured.out and "RANDOM WEIGHTS" in captured.err
+    assert set(json.loads((tmp_path / "eval.json").read_text())["iou"]) == set(SHAPE_CLASSES)
+
+
+def test_sparkline():
+    assert sparkline([3.0, 2.0, 1.0, 1.0]) == "█▅▁▁"
+    assert sparkline([1.0]) == "▁" and sparkline([]) == ""
