@@ -81,7 +81,7 @@ import posixpath
 import re
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -440,7 +440,7 @@ class MaskArchive:
                 raise InputError(f"similarity must be a non-empty numeric (h, w) array, got {sim.dtype} {sim.shape}")
             sim = sim.astype(np.float16)
         mask_u8 = _mask_bytes(mask)
-        record = self._provenance(concept, image_key, attrs, mask_u8, sim)
+        record = self._provenance(concept, image_key, attrs, mask_u8.shape, _sha256(mask_u8), sim, _new_version())
         self._ensure_concept(concept)
         version = record["version"]
         vpath = record["group"]
@@ -450,8 +450,47 @@ class MaskArchive:
         self._publish(concept, image_key, version, record)
         return dict(record)
 
-    def _provenance(self, concept: str, key: str, attrs: Mapping[str, Any], mask_u8: np.ndarray,
-                    sim: np.ndarray | None) -> dict[str, Any]:
+    def write_streamed_mask(
+        self, concept: str, image_key: str, attrs: Mapping[str, Any], fill: Callable[[Any], Mapping[str, Any] | None]
+    ) -> dict[str, Any]:
+        """Write a mask too large for memory (a whole remote-sensing scene), published atomically like
+        :meth:`write_mask`.
+
+        ``fill(group)`` receives the new version's open, writable ``zarr.Group`` and must create the uint8
+        ``(H, W)`` array ``mask`` in it, chunk by chunk (e.g. with
+        :class:`dinoseg_core.geo.writer.ZarrMaskWriter`); arrays it adds beside it (georeferencing) are kept, and
+        the dict it returns is merged into the provenance. The mask's sha256 is then computed by reading it back
+        in bands of chunk rows (bounded memory), so :meth:`load` checks streamed masks like any other.
+        """
+        import zarr
+
+        self._check_writable()
+        _check_name(concept, "concept")
+        _check_name(image_key, "image_key")
+        self._ensure_concept(concept)
+        version = _new_version()
+        vpath = f"masks/{concept}/{image_key}/{version}"
+        self._write_group(vpath, {"status": "writing", "version": version, "concept": concept})
+        try:
+            group = zarr.open_group(self._zarr_store(vpath, read_only=False), mode="r+")
+            extra = fill(group) or {}
+            mask = group["mask"]
+        except KeyError as exc:
+            raise InputError(f"write_streamed_mask({concept!r}, {image_key!r}): fill() created no 'mask' array") from exc
+        if len(mask.shape) != 2 or mask.dtype != np.uint8:
+            raise InputError(f"streamed mask must be uint8 (H, W), got {mask.dtype} {mask.shape}")
+        digest = hashlib.sha256()
+        band = max(1, int(mask.chunks[0]))
+        for row in range(0, mask.shape[0], band):
+            digest.update(np.ascontiguousarray(mask[row : row + band]).tobytes())
+        record = self._provenance(concept, image_key, {**attrs, **extra}, tuple(mask.shape), digest.hexdigest(),
+                                  None, version)
+        self._write_group(vpath, record)
+        self._publish(concept, image_key, version, record)
+        return dict(record)
+
+    def _provenance(self, concept: str, key: str, attrs: Mapping[str, Any], shape: tuple[int, ...], mask_sha256: str,
+                    sim: np.ndarray | None, version: str) -> dict[str, Any]:
         if not isinstance(attrs, Mapping):
             raise InputError(f"attrs must be a dict of provenance attributes, got {type(attrs).__name__}")
         missing = [name for name in REQUIRED_ATTRS if attrs.get(name) in (None, "")]
@@ -465,7 +504,6 @@ class MaskArchive:
             raise InputError(
                 f"attrs['config'] must be an InsidConfig or its dict, got {type(attrs['config']).__name__}"
             )
-        version = _new_version()
         record.update(
             concept=concept,
             image_key=key,
@@ -475,8 +513,8 @@ class MaskArchive:
             status="complete",
             version=version,
             group=f"masks/{concept}/{key}/{version}",
-            shape=list(mask_u8.shape),
-            mask_sha256=_sha256(mask_u8),
+            shape=list(shape),
+            mask_sha256=mask_sha256,
             similarity_shape=list(sim.shape) if sim is not None else None,
         )
         return record
@@ -668,6 +706,16 @@ class MaskArchive:
             f"Cannot read a consistent mask of {concept!r} for {image_key!r} from {self!r} after {attempts} "
             f"attempts: {problem}. Relabel the image (it will be rewritten) if this persists."
         )
+
+    def mask_array(self, concept: str, image_key: str) -> tuple[dict[str, Any], Any]:
+        """(record, lazy read-only zarr array of the mask, uint8 0/255) for masks too large to load whole
+        (remote-sensing scenes): read it in blocks. Raises ObjectNotFoundError without a complete mask."""
+        import zarr
+
+        rec = self.mask_record(concept, image_key)
+        if rec is None:
+            raise ObjectNotFoundError(f"No complete mask of concept {concept!r} for image key {image_key!r} in {self!r}")
+        return rec, zarr.open_array(self._zarr_store(rec["group"], read_only=True), path="mask", mode="r")
 
     def read_mask(self, concept: str, image_key: str) -> np.ndarray:
         """The current mask as bool (H, W). Raises ObjectNotFoundError when there is none."""

@@ -3,6 +3,10 @@
 
 The flow body is a plain loop: list the images, prepare each concept once, label batches (each worker loads the
 backbone once and serves many images), summarise. Re-running on the same inputs writes nothing.
+
+Batches run on a thread pool in the flow's process (``task_runner="threads"``, the default) or on a Dask cluster
+through prefect-dask (``task_runner="dask"``: a local cluster of ``dask_workers`` processes, or the scheduler at
+``dask_address``). Flow results are plain dicts, serialised as JSON wherever result persistence is switched on.
 """
 
 from __future__ import annotations
@@ -15,10 +19,13 @@ from typing import Any, Literal
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.client.orchestration import get_client
+from prefect.exceptions import ObjectNotFound
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
+from prefect.settings import get_current_settings
 from prefect.states import Completed, Failed
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pydantic import Field
 from tqdm import tqdm
 
@@ -34,6 +41,10 @@ from tasks.settings import ImageOutcome, LabelSettings
 
 #: Images per task: large enough to amortise a task's overhead and batch the backbone, small enough for progress.
 DEFAULT_BATCH_SIZE = 8
+#: Where label batches run: a thread pool in the flow's process, or a Dask cluster (prefect-dask).
+TaskRunnerKind = Literal["threads", "dask"]
+#: Flow results (the run's summary) are plain dicts: never pickled, wherever results are persisted.
+RESULT_SERIALIZER = "json"
 
 
 def _prefix(pattern: str) -> str:
@@ -56,6 +67,10 @@ def run_labelling(
     cache: str | None,
     batch_size: int,
     workers: int,
+    runner: TaskRunnerKind = "threads",
+    dask_address: str | None = None,
+    dask_workers: int = 2,
+    concurrency_limit: str | None = None,
 ):
     """The body shared by both flows."""
     logger = get_run_logger()
@@ -63,6 +78,9 @@ def run_labelling(
         raise InputError(f"batch_size={batch_size}: must be at least 1")
     if workers < 1:
         raise InputError(f"workers={workers}: must be at least 1")
+    batch_runner = task_runner(workers, runner, dask_address, dask_workers)  # a bad choice fails before any work
+    if concurrency_limit is not None:
+        _check_concurrency_limit(concurrency_limit)
     started = time.perf_counter()
     run_id = str(flow_run.get_id() or uuid.uuid4())
     created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
@@ -78,6 +96,7 @@ def run_labelling(
         force=force,
         save_similarity=save_similarity,
         input_prefix=_prefix(images) if isinstance(images, str) else None,
+        concurrency_limit=concurrency_limit,
     )
     concepts = [prepare_concept(manifest, name, settings) for name in manifest.concepts]
     logger.info("%d image(s), %d concept(s): %s", len(items), len(concepts), ", ".join(manifest.concepts))
@@ -87,9 +106,9 @@ def run_labelling(
     progress = create_progress_artifact(0.0, description=f"dinoseg: {len(items)} images")
     outcomes: list[ImageOutcome] = []
     bar = tqdm(total=len(items), desc="label", unit="image", disable=None)  # shown on a terminal only
-    with task_runner(workers) as runner:
+    with batch_runner:
         futures = {
-            runner.submit(label_batch, {"items": batch, "concepts": concepts, "settings": settings}): batch
+            batch_runner.submit(label_batch, {"items": batch, "concepts": concepts, "settings": settings}): batch
             for batch in batches
         }
         for future in as_completed(list(futures)):
@@ -102,8 +121,20 @@ def run_labelling(
             bar.update(len(futures[future]))
     bar.close()
 
+    return finish_run(outcomes, archive, storage_options, started, labelling_started, run_id, {
+        "started": created, "references": references, "images": images if isinstance(images, str) else list(images),
+        "backbone": backbone, "method": settings.method_options, "force": force,
+    })
+
+
+def finish_run(
+    outcomes: list[ImageOutcome], archive: str, storage_options: dict[str, Any] | None, started: float,
+    labelling_started: float, run_id: str, parameters: dict[str, Any],
+):
+    """The end of every labelling flow: summary table artifact, run log (only when something happened) and the
+    final state: Completed, or Failed listing the failures so that a schedule's owner sees them."""
     summary = _summary(outcomes, time.perf_counter() - started, time.perf_counter() - labelling_started)
-    logger.info("labelled %(labelled)d, skipped %(skipped)d, failed %(failed)d", summary)
+    get_run_logger().info("labelled %(labelled)d, skipped %(skipped)d, failed %(failed)d", summary)
     create_table_artifact(
         [{"status": k, "images": summary[k]} for k in ("labelled", "skipped", "failed")]
         + [{"status": "seconds per labelled image", "images": summary["seconds_per_labelled_image"]}]
@@ -111,14 +142,10 @@ def run_labelling(
         description="dinoseg labelling summary",
     )
     if summary["labelled"] or summary["failed"]:  # a run that changed nothing writes nothing
-        write_run_log(archive, storage_options, run_id, {
-            "run_id": run_id, "started": created, "references": references,
-            "images": images if isinstance(images, str) else list(images), "backbone": backbone,
-            "method": settings.method_options, "force": force, **summary,
-        })
+        write_run_log(archive, storage_options, run_id, {"run_id": run_id, **parameters, **summary})
     if summary["failed"]:
         names = "; ".join(f"{f['uri']}: {f['reason']}" for f in summary["failures"][:20])
-        return Failed(message=f"{summary['failed']} of {len(items)} image(s) failed: {names}", data=summary)
+        return Failed(message=f"{summary['failed']} of {len(outcomes)} image(s) failed: {names}", data=summary)
     return Completed(message=f"labelled {summary['labelled']}, skipped {summary['skipped']}", data=summary)
 
 
@@ -134,12 +161,61 @@ def _summary(outcomes: list[ImageOutcome], seconds: float, labelling_seconds: fl
     }
 
 
-def task_runner(workers: int) -> ThreadPoolTaskRunner:
-    """Where label batches run: a thread pool of ``workers`` (each thread shares the process's backbone)."""
-    return ThreadPoolTaskRunner(max_workers=workers)
+def task_runner(
+    workers: int, kind: TaskRunnerKind = "threads", dask_address: str | None = None, dask_workers: int = 2
+) -> TaskRunner:
+    """Where label batches run.
+
+    - ``threads``: a thread pool of ``workers`` in the flow's process; the threads share its backbone.
+    - ``dask``: a Dask cluster through prefect-dask. With ``dask_address`` (``tcp://host:8786``) the batches go to
+      that running scheduler and its workers, which keep their backbone between runs; otherwise the run starts a
+      local cluster of ``dask_workers`` processes with one thread each, closed at the end of the run. Either way
+      every worker process loads the backbone once and labels many batches.
+    """
+    if kind == "threads":
+        return ThreadPoolTaskRunner(max_workers=workers)
+    if kind != "dask":
+        raise InputError(f"task_runner={kind!r}: must be 'threads' or 'dask'")
+    if dask_workers < 1:
+        raise InputError(f"dask_workers={dask_workers}: must be at least 1")
+    if get_current_settings().api.url is None:
+        # without a server, every Dask worker process would start an ephemeral one of its own (and record its
+        # task runs there, after ~40 s of start-up)
+        raise InputError(
+            "task_runner='dask' needs a Prefect server that the Dask workers can reach: start one "
+            "(`prefect server start`) and set PREFECT_API_URL, or use task_runner='threads'"
+        )
+    try:
+        from prefect_dask import DaskTaskRunner
+    except ImportError as exc:
+        raise InputError(
+            "task_runner='dask' needs prefect-dask and distributed: pip install 'dinoseg[dask]'"
+        ) from exc
+    if dask_address:
+        return DaskTaskRunner(address=dask_address)
+    return DaskTaskRunner(
+        cluster_class="distributed.LocalCluster",
+        # one thread per process: torch already uses the cores of a process; the dashboard takes a free port
+        cluster_kwargs={"n_workers": dask_workers, "threads_per_worker": 1, "processes": True,
+                        "dashboard_address": ":0"},
+    )
 
 
-@flow(name="label-collection", validate_parameters=True)
+def _check_concurrency_limit(name: str) -> None:
+    """Fail before any work when the global concurrency limit ``name`` does not exist (``strict=True`` would
+    otherwise fail every batch with the same error)."""
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            raise InputError(
+                f"concurrency_limit={name!r}: no global concurrency limit of that name on this Prefect server; "
+                f"create it with `prefect gcl create {name} --limit 1` (slots = label batches in the backbone at "
+                f"once), or leave concurrency_limit unset"
+            ) from None
+
+
+@flow(name="label-collection", validate_parameters=True, result_serializer=RESULT_SERIALIZER)
 def label_collection(
     references: str,
     images: str,
@@ -154,6 +230,10 @@ def label_collection(
     cache: str | None = None,
     batch_size: int = Field(default=DEFAULT_BATCH_SIZE, ge=1),
     workers: int = Field(default=2, ge=1),
+    task_runner: TaskRunnerKind = "threads",
+    dask_address: str | None = None,
+    dask_workers: int = Field(default=2, ge=1),
+    concurrency_limit: str | None = None,
 ):
     """Label every concept of a reference manifest on every image matching a glob, into a Zarr mask archive.
 
@@ -167,13 +247,19 @@ def label_collection(
         force: relabel everything, even masks that are up to date.
         save_similarity: also store each mask's patch-grid similarity map (float16).
         cache: URL of the feature cache (positional bases, reference embeddings); default ~/.cache/dinoseg.
-        batch_size: images per task; workers: tasks at once in this process.
+        batch_size: images per task; workers: tasks at once in this process (task_runner "threads").
+        task_runner: where batches run: "threads" (this process) or "dask" (prefect-dask).
+        dask_address: scheduler of a running Dask cluster (``tcp://host:8786``); unset: a local cluster.
+        dask_workers: processes of the local Dask cluster (one thread each, one backbone each).
+        concurrency_limit: name of a Prefect global concurrency limit; each batch holds one slot while it is in
+            the backbone (``prefect gcl create gpu --limit 1``: one batch per GPU at a time).
     """
     return run_labelling(references, images, archive, backbone, device, dtype, storage_options, method, force,
-                         save_similarity, cache, batch_size, workers)
+                         save_similarity, cache, batch_size, workers, task_runner, dask_address, dask_workers,
+                         concurrency_limit)
 
 
-@flow(name="segment-images", validate_parameters=True)
+@flow(name="segment-images", validate_parameters=True, result_serializer=RESULT_SERIALIZER)
 def segment_images(
     references: str,
     images: list[str],
@@ -188,9 +274,14 @@ def segment_images(
     cache: str | None = None,
     batch_size: int = Field(default=DEFAULT_BATCH_SIZE, ge=1),
     workers: int = Field(default=2, ge=1),
+    task_runner: TaskRunnerKind = "threads",
+    dask_address: str | None = None,
+    dask_workers: int = Field(default=2, ge=1),
+    concurrency_limit: str | None = None,
 ):
     """Like :func:`label_collection` for an explicit list of image URLs."""
     if not images:
         raise InputError("images: give at least one image URL")
     return run_labelling(references, images, archive, backbone, device, dtype, storage_options, method, force,
-                         save_similarity, cache, batch_size, workers)
+                         save_similarity, cache, batch_size, workers, task_runner, dask_address, dask_workers,
+                         concurrency_limit)

@@ -101,32 +101,35 @@ def label_batch(
     # one backbone pass per batch and feature configuration; every concept of that configuration reuses it
     failed: set[str] = set()
     written: dict[str, list[str]] = {}
-    for fkey in dict.fromkeys(runtime.feature_key(c.config) for c in concepts):
-        group = [p for p in pending if p[0] not in failed and any(runtime.feature_key(c.config) == fkey for c in p[5])]
-        if not group:
-            continue
-        seg = next(segmenters[c.name] for c in concepts if runtime.feature_key(c.config) == fkey)
-        try:
-            features = seg.extract_targets([p[4] for p in group], [p[0] for p in group])
-        except PERMANENT:
-            features = [None] * len(group)  # one bad image: extract one by one to isolate it
-        for (url, key, sha, stamp, image, todo, started), target in zip(group, features):
+    # the backbone work holds a slot of the run's concurrency limit, if any (one batch per slot)
+    with runtime.backbone_slot(settings.concurrency_limit if pending else None):
+        for fkey in dict.fromkeys(runtime.feature_key(c.config) for c in concepts):
+            group = [p for p in pending
+                     if p[0] not in failed and any(runtime.feature_key(c.config) == fkey for c in p[5])]
+            if not group:
+                continue
+            seg = next(segmenters[c.name] for c in concepts if runtime.feature_key(c.config) == fkey)
             try:
-                target = target or seg.extract_target(image, url)
-                for concept in (c for c in todo if runtime.feature_key(c.config) == fkey):
-                    refs = runtime.reference_set(concept.reference_key, cache, model.device)
-                    if refs is None:
-                        raise StorageError(f"reference set of concept {concept.name!r} missing from {cache.url}")
-                    result = segmenters[concept.name].segment_features(refs, target, concept.config)
-                    archive.write_mask(
-                        concept.name, key, result.mask,
-                        attrs=_provenance(url, sha, stamp, model, concept, result.timings),
-                        similarity=result.similarity if settings.save_similarity else None,
-                    )
-                    written.setdefault(url, []).append(concept.name)
-            except PERMANENT as exc:
-                failed.add(url)
-                outcomes[url] = ImageOutcome(url, "failed", seconds=time.perf_counter() - started, reason=str(exc))
+                features = seg.extract_targets([p[4] for p in group], [p[0] for p in group])
+            except PERMANENT:
+                features = [None] * len(group)  # one bad image: extract one by one to isolate it
+            for (url, key, sha, stamp, image, todo, started), target in zip(group, features):
+                try:
+                    target = target or seg.extract_target(image, url)
+                    for concept in (c for c in todo if runtime.feature_key(c.config) == fkey):
+                        refs = runtime.reference_set(concept.reference_key, cache, model.device)
+                        if refs is None:
+                            raise StorageError(f"reference set of concept {concept.name!r} missing from {cache.url}")
+                        result = segmenters[concept.name].segment_features(refs, target, concept.config)
+                        archive.write_mask(
+                            concept.name, key, result.mask,
+                            attrs=_provenance(url, sha, stamp, model, concept, result.timings),
+                            similarity=result.similarity if settings.save_similarity else None,
+                        )
+                        written.setdefault(url, []).append(concept.name)
+                except PERMANENT as exc:
+                    failed.add(url)
+                    outcomes[url] = ImageOutcome(url, "failed", seconds=time.perf_counter() - started, reason=str(exc))
     for url, key, sha, stamp, image, todo, started in pending:
         if url not in failed:
             outcomes[url] = ImageOutcome(url, "labelled", tuple(written.get(url, ())), time.perf_counter() - started)

@@ -30,18 +30,20 @@ def prepare_concept(manifest: ReferenceManifest, concept: str, settings: LabelSe
     config = apply_options(manifest.config_for(concept), settings.method_options)
     so = settings.storage_options
     cache = settings.cache()
-    seg = runtime.segmenter(settings.backbone, config, so, cache)
     contents = {url: storage.read_bytes(url, so) for url in manifest.reference_urls() if _belongs(spec, url)}
     hashes = {url: hashlib.sha256(data).hexdigest() for url, data in contents.items()}
     pairs = [(hashes[p.image_url], hashes[p.mask_url]) for p in spec.references]
-    key = content_key(
-        "references", seg.backbone.fingerprint, repr(runtime.feature_key(config)), [h for pair in pairs for h in pair]
-    )
-    refs = runtime.reference_set(key, cache, seg.backbone.device)
-    if refs is None:
-        images = [imageio.decode_image(contents[p.image_url], p.image_url) for p in spec.references]
-        masks = [imageio.decode_mask(contents[p.mask_url], p.mask_url) for p in spec.references]
-        refs = seg.embed_references(images, masks, names=[p.image_url for p in spec.references])
+    with runtime.backbone_slot(settings.concurrency_limit):  # the basis and the embedding use the backbone
+        seg = runtime.segmenter(settings.backbone, config, so, cache)
+        key = content_key(
+            "references", seg.backbone.fingerprint, repr(runtime.feature_key(config)),
+            [h for pair in pairs for h in pair],
+        )
+        refs = runtime.reference_set(key, cache, seg.backbone.device)
+        if refs is None:
+            images = [imageio.decode_image(contents[p.image_url], p.image_url) for p in spec.references]
+            masks = [imageio.decode_mask(contents[p.mask_url], p.mask_url) for p in spec.references]
+            refs = seg.embed_references(images, masks, names=[p.image_url for p in spec.references])
     runtime.remember_reference_set(key, refs, cache)
     return PreparedConcept(concept, config, key, concept_hash(manifest, concept, hashes))
 

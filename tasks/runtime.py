@@ -8,10 +8,14 @@ Reference sets and bases are also persisted in a content-keyed :class:`FeatureCa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
+
+from prefect.concurrency.sync import concurrency
 
 from dinoseg_core.backbone import Backbone, load_backbone
 from dinoseg_core.basis import BasisCache, PositionalBasis
@@ -48,6 +52,20 @@ def backbone(spec: BackboneSpec, storage_options: dict | None = None) -> Backbon
                 spec.spec, device=spec.device, dtype=spec.dtype, storage_options=storage_options
             )
         return _backbones[key]
+
+
+@contextlib.contextmanager
+def backbone_slot(limit: str | None) -> Iterator[None]:
+    """Hold one slot of the Prefect global concurrency limit ``limit`` (None: no limit) for backbone work, so that
+    a GPU serves at most that many batches at once across every task, process and flow run.
+
+    ``strict=True``: a limit that does not exist is an error, not silently no limit at all.
+    """
+    if limit is None:
+        yield
+        return
+    with concurrency(limit, occupy=1, strict=True):
+        yield
 
 
 def feature_key(config: InsidConfig) -> tuple:

@@ -23,6 +23,7 @@ class LabelSettings:
         force: relabel even what is up to date.
         save_similarity: also store the patch-grid similarity map (float16).
         input_prefix: the collection's prefix; image keys are relative to it.
+        concurrency_limit: a Prefect global concurrency limit; the backbone work of a task holds one slot of it.
     """
 
     backbone: BackboneSpec
@@ -33,6 +34,7 @@ class LabelSettings:
     force: bool = False
     save_similarity: bool = False
     input_prefix: str | None = None
+    concurrency_limit: str | None = None
 
     def cache(self) -> FeatureCache:
         return FeatureCache(self.cache_url, self.storage_options if self.cache_url else None)

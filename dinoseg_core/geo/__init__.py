@@ -15,7 +15,13 @@ Needs the ``geo`` extra (rasterio; shapely for export; geopandas + pyogrio / pya
 """
 
 from dinoseg_core.geo.export import array_to_polygons, export_vectors, masks_to_polygons
-from dinoseg_core.geo.georef import coordinates, geo_attrs, spatial_ref_attrs, write_georeference
+from dinoseg_core.geo.georef import (
+    coordinates,
+    geo_attrs,
+    georeference_from_attrs,
+    spatial_ref_attrs,
+    write_georeference,
+)
 from dinoseg_core.geo.raster import (
     RasterSource,
     Window,
@@ -44,6 +50,7 @@ __all__ = [
     "export_vectors",
     "gdal_env_options",
     "geo_attrs",
+    "georeference_from_attrs",
     "masks_to_polygons",
     "open_raster",
     "raster_reader",

@@ -81,7 +81,7 @@ def _finish(geoms: Iterable[Any], transform: Any, crs: Any, to_crs: Any,
     records: list[Record] = []
     for geom in geoms:
         shape = geom if hasattr(geom, "geom_type") else geometry.shape(geom)
-        props = {**(properties or {}), "area": float(shape.area), "pixels": int(round(shape.area / pixel_area))}
+        props = {**(properties or {}), "area": float(shape.area), "pixels": round(shape.area / pixel_area)}
         if target is not None and target != source:
             from rasterio.warp import transform_geom
 

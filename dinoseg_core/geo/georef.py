@@ -25,7 +25,8 @@ import numpy as np
 
 from dinoseg_core.errors import InputError
 
-__all__ = ["GRID_MAPPING", "coordinates", "geo_attrs", "spatial_ref_attrs", "write_georeference"]
+__all__ = ["GRID_MAPPING", "coordinates", "geo_attrs", "georeference_from_attrs", "spatial_ref_attrs",
+           "write_georeference"]
 
 #: Name of the CF grid-mapping variable.
 GRID_MAPPING = "spatial_ref"
@@ -142,10 +143,33 @@ def write_georeference(group: Any, source: Any, mask_name: str = "mask") -> None
             arr = group.create_array(name, shape=values.shape, dtype="float64", chunks=values.shape,
                                      dimension_names=(name,), fill_value=np.nan, overwrite=True,
                                      attributes={"standard_name": f"projection_{name}_coordinate",
-                                                 "axis": name.upper(), "long_name": f"{name} coordinate of pixel centre",
+                                                 "axis": name.upper(),
+                                                 "long_name": f"{name} coordinate of pixel centre",
                                                  **_units(source)})
             arr[:] = values
     mask.attrs.update({**geo_attrs(source), "coordinates": GRID_MAPPING})
+
+
+def georeference_from_attrs(attrs: Any) -> tuple[Any, Any]:
+    """``(transform, crs)`` (rasterio ``Affine`` and ``CRS``) back from :func:`geo_attrs` attributes (of a mask array
+    or an archive record), e.g. to vectorise an archived mask without the source raster.
+
+    Raises:
+        InputError: the attributes carry no georeferencing.
+    """
+    from rasterio.crs import CRS
+    from rasterio.transform import Affine
+
+    transform = attrs.get("spatial:transform")
+    wkt = attrs.get("proj:wkt2")
+    code = attrs.get("proj:code")
+    if transform is None or (wkt is None and code is None):
+        raise InputError(
+            "the mask has no georeferencing attributes (spatial:transform, proj:wkt2 / proj:code): it was not "
+            "made from a georeferenced raster"
+        )
+    crs = CRS.from_wkt(wkt) if wkt else CRS.from_user_input(code)
+    return Affine(*[float(v) for v in transform[:6]]), crs
 
 
 def _units(source: Any) -> dict[str, str]:

@@ -8,7 +8,8 @@ reads the whole scene at full resolution.
 Storage (same URL + ``storage_options`` as the rest of dinoseg, see :mod:`dinoseg_core.storage`):
 
 - local paths and ``file://``: opened in place;
-- ``s3://``: GDAL's own ``/vsis3/`` driver (ranged reads, block cache), configured from ``storage_options``:
+- ``s3://``: GDAL's own ``/vsis3/`` driver (ranged reads, block cache), configured from ``storage_options``
+  (credentials through rasterio's ``AWSSession``, which needs boto3; without boto3 through s3fs as below):
   ``key``/``secret``/``token`` -> ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_SESSION_TOKEN``,
   ``endpoint_url`` (or ``client_kwargs.endpoint_url``, or ``$AWS_ENDPOINT_URL``) -> ``AWS_S3_ENDPOINT`` without
   its scheme, ``AWS_HTTPS=NO`` for ``http://`` endpoints and ``AWS_VIRTUAL_HOSTING=FALSE`` (path-style, as
@@ -64,18 +65,22 @@ try:  # rasterio is the optional "geo" extra
     from rasterio.transform import Affine
     from rasterio.windows import Window
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise MissingDependencyError("rasterio", "Reading GeoTIFF/COG scenes (dinoseg_core.geo)", "rasterio>=1.4,<1.5") from exc
+    raise MissingDependencyError(
+        "rasterio", "Reading GeoTIFF/COG scenes (dinoseg_core.geo)", "rasterio>=1.4,<1.5"
+    ) from exc
 
 __all__ = [
     "DEFAULT_PERCENTILES",
+    "RasterReader",
     "RasterSource",
     "Window",
     "gdal_env_options",
     "open_raster",
+    "raster_reader",
     "read_overview",
     "read_reference",
     "read_window",
-    "raster_reader",
+    "window_bounds_to_pixels",
 ]
 
 #: Lower and upper percentile of the default per-band stretch.
@@ -188,6 +193,48 @@ def gdal_env_options(url: str, storage_options: dict[str, Any] | None = None) ->
     return options
 
 
+def _gdal_s3_available() -> bool:
+    """rasterio hands AWS credentials to GDAL only through its ``AWSSession``, which needs boto3; without boto3,
+    ``s3://`` goes through an fsspec (s3fs) file object instead."""
+    if not USE_GDAL_S3:
+        return False
+    try:
+        import boto3  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+#: GDAL's raster block cache (MB) while dinoseg reads. GDAL's default is 5 % of the machine's RAM, which a
+#: whole-scene decimated read fills with blocks it never needs again: RSS then grows with the scene up to that cap.
+#: Overlapping windows re-read at most a strip of blocks, which this holds many times over.
+GDAL_CACHE_MB = 128
+
+#: Read ``s3://`` with GDAL's ``/vsis3/`` (True, when boto3 is installed) or through s3fs file objects (False).
+USE_GDAL_S3 = True
+
+
+def _gdal_env(url: str, storage_options: dict[str, Any] | None, native: bool = True) -> Any:
+    """A ``rasterio.Env`` for ``url``: for ``s3://`` read by GDAL (``native``), credentials through rasterio's
+    ``AWSSession`` (rasterio refuses ``AWS_ACCESS_KEY_ID`` as a plain config option) and the endpoint options as
+    GDAL config."""
+    options = gdal_env_options(url, storage_options) if native else {}
+    common = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR", "GDAL_CACHEMAX": GDAL_CACHE_MB * 2**20}  # bytes
+    if not options:
+        return rasterio.Env(**common)
+    from rasterio.session import AWSSession
+
+    session = AWSSession(
+        aws_access_key_id=options.pop("AWS_ACCESS_KEY_ID", None),
+        aws_secret_access_key=options.pop("AWS_SECRET_ACCESS_KEY", None),
+        aws_session_token=options.pop("AWS_SESSION_TOKEN", None),
+        region_name=options.pop("AWS_REGION", None),
+        endpoint_url=options.get("AWS_S3_ENDPOINT"),
+        aws_unsigned=bool(options.pop("AWS_NO_SIGN_REQUEST", None)),
+    )
+    return rasterio.Env(session=session, **common, **options)
+
+
 def _gdal_path(url: str) -> str:
     """rasterio path for ``url``: local paths as they are, s3/http natively, ``file://`` stripped."""
     proto = storage.protocol(url)
@@ -204,13 +251,13 @@ def _open_dataset(url: str, storage_options: dict[str, Any] | None) -> Iterator[
     shown = storage.display_url(url)
     proto = storage.protocol(url)
     opener = None
-    if proto not in ("file", "s3", "s3a", "http", "https"):
+    native = ("file", "http", "https", *(("s3", "s3a") if _gdal_s3_available() else ()))
+    if proto not in native:
         fs, path = storage.url_to_fs(url, storage_options)
         opener, target = fs, path
     else:
         target = _gdal_path(url)
-    env = rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR", **gdal_env_options(url, storage_options))
-    with env:
+    with _gdal_env(url, storage_options, native=opener is None):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
@@ -228,17 +275,17 @@ def _open_dataset(url: str, storage_options: dict[str, Any] | None) -> Iterator[
 def _open_error(url: str, storage_options: dict[str, Any] | None, exc: Exception) -> Exception:
     shown = storage.display_url(url)
     text = str(exc)
-    try:
-        present = storage.exists(url, storage_options)
-    except Exception:  # the check itself failed (no network, bad credentials): report the raster error
-        present = True
-    if not present:
-        return ObjectNotFoundError(f"Cannot open {shown}: no such object. Check the path (and the bucket).")
     if any(code in text for code in ("403", "Access Denied", "InvalidAccessKeyId", "SignatureDoesNotMatch")):
         return StorageError(
             f"Cannot open {shown}: access denied ({text}). Check the credentials in storage_options or the "
             "environment."
         )
+    try:
+        present = storage.exists(url, storage_options)
+    except Exception:  # the check itself failed (no network, credentials): report what GDAL said
+        present = True
+    if not present:
+        return ObjectNotFoundError(f"Cannot open {shown}: no such object. Check the path (and the bucket).")
     return ImageDecodeError(
         f"{shown}: not a readable GeoTIFF/COG (GDAL: {text}). The file is corrupt, truncated or not a raster; "
         "re-export or re-upload it (`gdalinfo` shows what GDAL makes of it)."

@@ -12,10 +12,10 @@ What happens (:func:`segment_scene`):
 
 1. **Global pass** (the local-global idea of dinov3.seg): the whole scene is read once, downscaled (average
    resampling, from overviews when the file has them) to ``context_size`` px on its longer side (default: the
-   segmenter's ``image_size``), and put through the backbone. Its patch similarity to the prototype, ``s_global``
-   (a small ``(gh, gw)`` map over the whole scene), is kept, and the scene's forward threshold ``t`` is fixed
-   once: 0 (the paper's rule) if any patch of the global map is positive, else the map's 90th percentile (the
-   paper's fallback, applied to the scene rather than to each window).
+   segmenter's ``image_size``), and segmented like any image. Kept from it: its patch similarity to the prototype,
+   ``s_global`` (a small ``(gh, gw)`` map over the whole scene), and the **scene threshold** ``t``
+   (:func:`scene_threshold`): halfway between the mean similarity of the patches it put in the concept and of
+   the others; when it finds no concept at that scale, the paper's rule (0, or the 90th percentile).
 2. **Windows** (:class:`~dinoseg_core.geo.windows.WindowGrid`): ``window_size`` px (default ``image_size``, i.e.
    full resolution) with ``overlap`` px; windows without a single valid pixel are skipped. For each window, one
    backbone pass gives the local similarity ``s_local`` on its patch grid; ``s_global`` is sampled at the
@@ -23,14 +23,21 @@ What happens (:func:`segment_scene`):
 
        s = (1 - global_weight) * s_local + global_weight * s_global
 
-   ``s`` replaces the prototype similarity in exactly the two places INSID3 uses it
-   (:func:`segment_features_in_context`): the forward candidate test (step 6: ``s > t``, no per-window fallback,
-   so a window without the concept may come out empty) and the cross term of the cluster score (step 8: the mean
-   of ``s`` over a cluster). Clustering, the backward test, seed selection and the intra/area terms stay local.
-   A concept is thus judged against the whole scene: a region that only looks like the concept within its
-   window loses cross-similarity where the scene-level map disagrees, and neighbouring windows share a common
-   prior, so they decide alike in their overlap. ``global_context=False`` (or ``global_weight=0``) turns this
+   ``s`` replaces the prototype similarity where INSID3 uses it (:func:`segment_features_in_context`): the
+   forward candidate test (step 6: ``s > t`` instead of the per-image ``> 0`` / 90th-percentile rule) and the
+   cross term of the cluster score (step 8: the mean of ``s`` over a cluster), and a cluster is kept only if
+   its cross term also exceeds ``t``. Clustering, the backward test, seed selection and the intra/area terms
+   stay local. A concept is thus judged against the whole scene: in a window without the concept, INSID3 alone
+   would keep the best-matching background cluster (the seed always has ``intra = area = 1``, so ``cross >
+   alpha`` suffices); with the scene threshold it comes out empty. Neighbouring windows share the same prior,
+   so they decide alike in their overlap. ``global_context=False`` (or ``global_weight=0``) turns all this
    off: every window is then segmented exactly as :meth:`InContextSegmenter.segment_features` would.
+
+   Limits: the global pass sees the scene at ``context_size`` px, i.e. one patch covers ``16 x scene /
+   context_size`` scene pixels (512 px at 16k/512). Concepts much smaller than that (single roofs in a 16k scene)
+   are invisible to it: the scene threshold then falls back to the paper's rule and ``s_global`` is a
+   background prior that only lowers their fused similarity by ``global_weight`` times the gap. Raise
+   ``context_size`` or lower ``global_weight`` for small objects in very large scenes.
 3. **Stitching** (:class:`~dinoseg_core.geo.windows.Stitcher`): each window's aggregated patch mask, upsampled
    bilinearly to the window's pixels, is its soft foreground score; overlapping windows cross-fade linearly and
    the mask is ``score >= 0.5`` and valid (nodata is never foreground). Blocks go to ``writer(row_off, col_off,
@@ -64,7 +71,7 @@ from dinoseg_core.prototype import ReferenceSet
 from dinoseg_core.refine import crf_refine, upsample_patch_mask
 from dinoseg_core.segmenter import FEATURE_FIELDS, InContextSegmenter, Segmentation, TargetFeatures
 
-__all__ = ["SceneConfig", "SceneResult", "segment_features_in_context", "segment_scene"]
+__all__ = ["SceneConfig", "SceneResult", "scene_threshold", "segment_features_in_context", "segment_scene"]
 
 
 @dataclass(frozen=True)
@@ -84,7 +91,9 @@ class SceneConfig:
     context_size: int | None = field(
         default=None, metadata={"help": "longer side in px of the whole-scene pass; default the model's image_size"}
     )
-    threshold: float = field(default=0.5, metadata={"help": "stitched foreground score at or above which a pixel is in"})
+    threshold: float = field(
+        default=0.5, metadata={"help": "stitched foreground score at or above which a pixel is in the mask"}
+    )
 
     def __post_init__(self) -> None:
         for name in ("window_size", "context_size"):
@@ -100,14 +109,14 @@ class SceneConfig:
         if not 0.0 < self.threshold < 1.0:
             raise InputError(f"threshold={self.threshold}: must be in (0, 1)")
 
-    def replace(self, **changes: Any) -> "SceneConfig":
+    def replace(self, **changes: Any) -> SceneConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "SceneConfig":
+    def from_dict(cls, data: dict[str, Any]) -> SceneConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -125,9 +134,10 @@ class SceneResult:
         foreground_pixels: pixels in the mask.
         global_similarity: ``float32 (gh, gw)`` similarity of the whole-scene pass (None without global context);
             a cheap preview of the concept over the scene, e.g. for the archive's ``similarity`` array.
-        forward_threshold: the scene-level forward threshold (None without global context).
+        scene_threshold: the scene-level similarity threshold (None without global context).
         config: the :class:`SceneConfig` used, with defaults resolved, as a dict.
         timings: seconds: ``global``, ``read``, ``backbone``, ``segment``, ``stitch`` (writer included), ``total``.
+        peak_stitch_bytes: the most memory the stitcher's pending blocks held at once.
     """
 
     shape: tuple[int, int]
@@ -135,9 +145,10 @@ class SceneResult:
     windows_skipped: int
     foreground_pixels: int
     global_similarity: np.ndarray | None
-    forward_threshold: float | None
+    scene_threshold: float | None
     config: dict[str, Any]
     timings: dict[str, float]
+    peak_stitch_bytes: int = 0
 
 
 def segment_features_in_context(
@@ -146,19 +157,25 @@ def segment_features_in_context(
     target: TargetFeatures,
     prior: np.ndarray | torch.Tensor | None = None,
     global_weight: float = 0.5,
-    forward_threshold: float | None = None,
+    scene_threshold: float | None = None,
     config: InsidConfig | None = None,
 ) -> Segmentation:
-    """INSID3 steps 6-9 on one window, with a similarity prior from the whole scene.
+    """INSID3 steps 6-9 on one window, judged against the whole scene.
 
-    Identical to :meth:`InContextSegmenter.segment_features` when ``prior`` is None and ``forward_threshold`` is
-    None. Otherwise the fused similarity ``s = (1 - w) * s_local + w * prior`` drives the forward test (``s >
-    forward_threshold``, or the paper's rule when it is None) and the clusters' cross term.
+    Identical to :meth:`InContextSegmenter.segment_features` when ``prior`` and ``scene_threshold`` are None.
+    Otherwise, with the fused similarity ``s = (1 - w) * s_local + w * prior``:
+
+    - step 6, forward test: ``s > scene_threshold`` (the paper's rule, > 0 else 90th percentile, when None);
+    - step 8, cross term: the mean of ``s`` over each cluster; and a cluster is kept only if, besides the paper's
+      ``cross * intra * area > alpha``, its cross term exceeds ``scene_threshold``: a region whose mean
+      similarity falls on the background side of the scene's split is background, however well it matches
+      within its window (the paper's seed cluster always has ``intra = area = 1``, so in a window without the
+      concept its best-matching background cluster would otherwise survive on ``cross > alpha`` alone).
 
     Args:
         prior: ``(h, w)`` (the target's patch grid) global similarity sampled at the target's patch centres.
         global_weight: ``w`` in [0, 1].
-        forward_threshold: scene-level forward threshold; None: the paper's per-image rule (> 0, else 90th pct).
+        scene_threshold: from :func:`scene_threshold`; None: per-image rules as in the paper.
         config: per-concept tau / merge_threshold / crf (feature fields must match the segmenter's).
     Returns:
         a :class:`Segmentation` whose ``similarity`` is the fused similarity.
@@ -176,7 +193,7 @@ def segment_features_in_context(
         if prior_t.shape != similarity.shape:
             raise InputError(f"prior has {prior_t.numel()} values but the target has {similarity.numel()} patches")
         similarity = (1.0 - global_weight) * similarity + global_weight * prior_t
-    forward = forward_candidates(similarity) if forward_threshold is None else similarity > forward_threshold
+    forward = forward_candidates(similarity) if scene_threshold is None else similarity > scene_threshold
     candidates = forward & backward_candidates(target.features_debiased, references)
     timings["matching"] = time.perf_counter() - start
 
@@ -192,7 +209,13 @@ def segment_features_in_context(
         sums.index_add_(0, label_t, similarity)
         counts = torch.bincount(label_t, minlength=sums.shape[0]).clamp_min(1).to(similarity.dtype)
         scores = dataclasses.replace(scores, cross=sums / counts)  # step 8's cross term on the fused similarity
-    patch_mask = aggregate(labels, scores, config.merge_threshold).view(target.grid)
+    if scene_threshold is None:
+        patch_mask = aggregate(labels, scores, config.merge_threshold).view(target.grid)
+    elif scores.seed < 0:
+        patch_mask = torch.zeros(target.grid, dtype=torch.bool, device=similarity.device)
+    else:
+        keep = (scores.score > config.merge_threshold) & (scores.cross > scene_threshold)
+        patch_mask = keep[torch.as_tensor(labels, device=keep.device).long()].view(target.grid)
     input_mask = upsample_patch_mask(patch_mask, target.input_hw).cpu().numpy()
     timings["aggregation"] = time.perf_counter() - start
 
@@ -208,6 +231,19 @@ def segment_features_in_context(
     )
 
 
+def scene_threshold(similarity: np.ndarray, patch_mask: np.ndarray) -> float:
+    """The scene's forward threshold from the whole-scene pass: halfway between the mean similarity of the
+    patches INSID3 put in the concept and of the others (a two-class split of the scene-level map). When the
+    whole-scene pass finds no concept (or only concept), it cannot tell the classes apart and the paper's rule
+    applies to the scene: 0 if any patch is positive, else the 90th percentile."""
+    inside = patch_mask.astype(bool)
+    if inside.any() and not inside.all():
+        return float((similarity[inside].mean() + similarity[~inside].mean()) / 2.0)
+    if (similarity > 0).any():
+        return 0.0
+    return float(np.quantile(similarity, FALLBACK_PERCENTILE))
+
+
 def _soft_score(segmentation: Segmentation, target: TargetFeatures, crf: bool) -> np.ndarray:
     """The window's foreground score ``float32 (H, W)`` in [0, 1]: its patch mask upsampled bilinearly to the
     window's pixels (what the segmenter thresholds at 0.5), or the CRF-refined mask resized when CRF is on."""
@@ -218,7 +254,9 @@ def _soft_score(segmentation: Segmentation, target: TargetFeatures, crf: bool) -
     return F.interpolate(patch, size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
-def _sample_prior(global_sim: torch.Tensor, window: Any, grid: tuple[int, int], scene_hw: tuple[int, int]) -> torch.Tensor:
+def _sample_prior(
+    global_sim: torch.Tensor, window: Any, grid: tuple[int, int], scene_hw: tuple[int, int]
+) -> torch.Tensor:
     """``global_sim`` (gh, gw) over the scene, sampled bilinearly at the patch centres of a window's ``grid``."""
     height, width = scene_hw
     gh, gw = grid
@@ -267,10 +305,12 @@ def segment_scene(
                                    ("context_size", context_size), ("global_context", global_context)) if v is not None}
     image_size = segmenter.config.image_size
     config = config.replace(**overrides)
-    config = config.replace(window_size=config.window_size or image_size, context_size=config.context_size or image_size)
+    # resolving the defaults re-validates (an overlap not below the model's image_size raises here)
+    config = config.replace(window_size=config.window_size or image_size,
+                            context_size=config.context_size or image_size)
     insid = insid_config or segmenter.config
     use_context = config.global_context and config.global_weight > 0.0
-    grid = WindowGrid.build(source.height, source.width, config.window_size, min(config.overlap, config.window_size - 1))
+    grid = WindowGrid.build(source.height, source.width, config.window_size, config.overlap)
     timings = dict.fromkeys(("global", "read", "backbone", "segment", "stitch"), 0.0)
     start_all = time.perf_counter()
 
@@ -284,11 +324,10 @@ def segment_scene(
             shape = (max(16, round(source.height * scale)), max(16, round(source.width * scale)))
             thumb, _ = reader.read(None, out_shape=shape)
             target = segmenter.extract_target(thumb, f"{source.display_url} (whole scene)")
-            global_sim = (target.features_debiased @ references.prototype.to(target.features_debiased.device))
-            global_sim = global_sim.view(target.grid).float()
-            positive = bool((global_sim > 0).any())
-            threshold = 0.0 if positive else float(torch.quantile(global_sim.flatten(), FALLBACK_PERCENTILE))
-            del thumb, target
+            overview = segmenter.segment_features(references, target, insid)
+            global_sim = torch.from_numpy(overview.similarity)
+            threshold = scene_threshold(overview.similarity, overview.patch_mask)
+            del thumb, target, overview
             timings["global"] = time.perf_counter() - start
 
         stitcher = Stitcher(grid, writer, config.threshold)
@@ -308,7 +347,7 @@ def segment_scene(
                 prior = _sample_prior(global_sim, window, target.grid, source.shape) if use_context else None
                 seg = segment_features_in_context(
                     segmenter, references, target, prior=prior, global_weight=config.global_weight,
-                    forward_threshold=threshold, config=insid,
+                    scene_threshold=threshold, config=insid,
                 )
                 score = _soft_score(seg, target, insid.crf)
                 timings["segment"] += time.perf_counter() - start
@@ -326,7 +365,8 @@ def segment_scene(
         windows_skipped=skipped,
         foreground_pixels=stitcher.foreground_pixels,
         global_similarity=None if global_sim is None else global_sim.cpu().numpy(),
-        forward_threshold=threshold,
+        scene_threshold=threshold,
         config=config.to_dict(),
         timings=timings,
+        peak_stitch_bytes=stitcher.peak_cells_bytes,
     )

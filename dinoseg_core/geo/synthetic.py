@@ -75,10 +75,11 @@ def write_synthetic_geotiff(
     if min(height, width) < 64 or tile < 64:
         raise InputError(f"size {size} and tile {tile} must be at least 64 px")
     transform = from_origin(origin[0], origin[1], resolution, resolution)
-    profile: dict[str, Any] = dict(
-        driver="GTiff", height=height, width=width, dtype="uint16", count=4, nodata=NODATA, tiled=True,
-        blockxsize=256, blockysize=256, compress="deflate", interleave="pixel", BIGTIFF="IF_SAFER",
-    )
+    profile: dict[str, Any] = {
+        "driver": "GTiff", "height": height, "width": width, "dtype": "uint16", "count": 4, "nodata": NODATA,
+        "tiled": True,
+        "blockxsize": 256, "blockysize": 256, "compress": "deflate", "interleave": "pixel", "BIGTIFF": "IF_SAFER",
+    }
     if georeferenced:
         profile.update(crs=crs, transform=transform)
     label_profile = {**profile, "dtype": "uint8", "count": 1, "nodata": 255}

@@ -22,6 +22,7 @@ below the current row of windows: ``O(overlap x scene width)`` float32 (8 MB for
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -81,7 +82,7 @@ class WindowGrid:
     cols: tuple[tuple[int, int], ...]
 
     @classmethod
-    def build(cls, height: int, width: int, window_size: int, overlap: int) -> "WindowGrid":
+    def build(cls, height: int, width: int, window_size: int, overlap: int) -> WindowGrid:
         for name, value in (("height", height), ("width", width), ("window_size", window_size)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise InputError(f"{name}={value!r}: must be a positive int (pixels)")
@@ -94,7 +95,7 @@ class WindowGrid:
     def __len__(self) -> int:
         return len(self.rows) * len(self.cols)
 
-    def __iter__(self) -> Iterator[tuple[int, int, "Window"]]:
+    def __iter__(self) -> Iterator[tuple[int, int, Window]]:
         """``(i, j, Window(col_off, row_off, width, height))`` in row-major order (the order that keeps the
         stitcher's memory at one overlap strip)."""
         for i, (r0, r1) in enumerate(self.rows):
@@ -109,7 +110,7 @@ class _Axis:
         self.spans = spans
         self.weights = _axis_weights(spans, length)
         cuts = sorted({0, length, *(s for s, _ in spans), *(e for _, e in spans)})
-        self.cells = list(zip(cuts[:-1], cuts[1:]))
+        self.cells = list(itertools.pairwise(cuts))
         self.cover = [sum(1 for s, e in spans if s <= c0 and c1 <= e) for c0, c1 in self.cells]
         self.cells_of = [[k for k, (c0, c1) in enumerate(self.cells) if s <= c0 and c1 <= e] for s, e in spans]
 

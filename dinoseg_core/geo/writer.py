@@ -57,7 +57,7 @@ class ZarrMaskWriter:
         chunks: int = MASK_CHUNK,
         attributes: dict[str, Any] | None = None,
         georeference: bool | None = None,
-    ) -> "ZarrMaskWriter":
+    ) -> ZarrMaskWriter:
         """Create the mask array ``name`` for ``source``'s grid in a zarr group and return its writer.
 
         Args:
@@ -131,9 +131,9 @@ class ZarrMaskWriter:
             raise InputError(f"{len(self._buffers)} mask chunk(s) incomplete, e.g. {pending}: the scene was not "
                              "fully stitched")
 
-    def __enter__(self) -> "ZarrMaskWriter":
+    def __enter__(self) -> ZarrMaskWriter:
         return self
 
-    def __exit__(self, exc_type: Any, *_: Any) -> None:
+    def __exit__(self, exc_type: Any, *_: object) -> None:
         if exc_type is None:
             self.close()
