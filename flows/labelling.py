@@ -18,7 +18,11 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.artifacts import (
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound
 from prefect.futures import as_completed
@@ -103,43 +107,56 @@ def run_labelling(
 
     batches = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
     labelling_started = time.perf_counter()
-    progress = create_progress_artifact(0.0, description=f"dinoseg: {len(items)} images")
-    outcomes: list[ImageOutcome] = []
-    bar = tqdm(total=len(items), desc="label", unit="image", disable=None)  # shown on a terminal only
-    with batch_runner:
-        futures = {
-            batch_runner.submit(label_batch, {"items": batch, "concepts": concepts, "settings": settings}): batch
-            for batch in batches
-        }
-        for future in as_completed(list(futures)):
-            try:
-                outcomes.extend(future.result())
-            except Exception as exc:  # retries exhausted: every image of the batch failed for this reason
-                reason = f"{type(exc).__name__}: {exc}"
-                outcomes.extend(ImageOutcome(url, "failed", reason=reason) for url, _ in futures[future])
-            update_progress_artifact(progress, 100.0 * len(outcomes) / max(len(items), 1))
-            bar.update(len(futures[future]))
-    bar.close()
-
+    outcomes = run_jobs(
+        batch_runner, label_batch,
+        [({"items": batch, "concepts": concepts, "settings": settings}, [url for url, _ in batch]) for batch in batches],
+        f"dinoseg: {len(items)} images",
+    )
     return finish_run(outcomes, archive, storage_options, started, labelling_started, run_id, {
         "started": created, "references": references, "images": images if isinstance(images, str) else list(images),
         "backbone": backbone, "method": settings.method_options, "force": force,
     })
 
 
+def run_jobs(runner: TaskRunner, task, jobs: list[tuple[dict[str, Any], list[str]]], description: str) -> list[ImageOutcome]:
+    """Submit ``task`` once per (parameters, image URLs) job on ``runner`` and collect the outcomes as they come, with
+    a progress artifact and, on a terminal, a progress bar. A job whose retries ran out fails each of its images
+    with the job's error as the reason."""
+    total = sum(len(urls) for _, urls in jobs)
+    progress = create_progress_artifact(0.0, description=description)
+    outcomes: list[ImageOutcome] = []
+    bar = tqdm(total=total, desc="label", unit="image", disable=None)  # shown on a terminal only
+    with runner:
+        futures = {runner.submit(task, parameters): urls for parameters, urls in jobs}
+        for future in as_completed(list(futures)):
+            try:
+                result = future.result()
+                outcomes.extend(result if isinstance(result, list) else [result])
+            except Exception as exc:  # retries exhausted: every image of the job failed for this reason
+                reason = f"{type(exc).__name__}: {exc}"
+                outcomes.extend(ImageOutcome(url, "failed", reason=reason) for url in futures[future])
+            update_progress_artifact(progress, 100.0 * len(outcomes) / max(total, 1))
+            bar.update(len(futures[future]))
+    bar.close()
+    return outcomes
+
+
 def finish_run(
     outcomes: list[ImageOutcome], archive: str, storage_options: dict[str, Any] | None, started: float,
-    labelling_started: float, run_id: str, parameters: dict[str, Any],
+    labelling_started: float, run_id: str, parameters: dict[str, Any], *, extra: dict[str, Any] | None = None,
+    extra_rows: list[dict[str, Any]] = (), title: str = "dinoseg labelling summary",
 ):
     """The end of every labelling flow: summary table artifact, run log (only when something happened) and the
     final state: Completed, or Failed listing the failures so that a schedule's owner sees them."""
-    summary = _summary(outcomes, time.perf_counter() - started, time.perf_counter() - labelling_started)
+    summary = {**_summary(outcomes, time.perf_counter() - started, time.perf_counter() - labelling_started),
+               **(extra or {})}
     get_run_logger().info("labelled %(labelled)d, skipped %(skipped)d, failed %(failed)d", summary)
     create_table_artifact(
         [{"status": k, "images": summary[k]} for k in ("labelled", "skipped", "failed")]
         + [{"status": "seconds per labelled image", "images": summary["seconds_per_labelled_image"]}]
+        + list(extra_rows)
         + [{"status": f"failed: {f['uri']}", "images": f["reason"]} for f in summary["failures"]],
-        description="dinoseg labelling summary",
+        description=title,
     )
     if summary["labelled"] or summary["failed"]:  # a run that changed nothing writes nothing
         write_run_log(archive, storage_options, run_id, {"run_id": run_id, **parameters, **summary})

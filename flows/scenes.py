@@ -13,22 +13,25 @@ import uuid
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
-from prefect.futures import as_completed
 from prefect.runtime import flow_run
 from pydantic import Field
-from tqdm import tqdm
 
 from dinoseg_core.archive import MaskArchive
 from dinoseg_core.cli import DEFAULT_BACKBONE
 from dinoseg_core.config import MethodOptions
 from dinoseg_core.geo import SceneConfig
-from flows.labelling import RESULT_SERIALIZER, _prefix, finish_run, task_runner
+from flows.labelling import (
+    RESULT_SERIALIZER,
+    _prefix,
+    finish_run,
+    run_jobs,
+    task_runner,
+)
 from tasks.labelling import list_images
 from tasks.references import load_references, prepare_concept
 from tasks.runtime import BackboneSpec
 from tasks.scenes import label_scene
-from tasks.settings import ImageOutcome, LabelSettings
+from tasks.settings import LabelSettings
 
 
 @flow(name="label-scenes", validate_parameters=True, result_serializer=RESULT_SERIALIZER)
@@ -72,24 +75,12 @@ def label_scenes(
     logger.info("%d scene(s), %d concept(s): %s", len(items), len(concepts), ", ".join(manifest.concepts))
     band_tuple = tuple(bands) if bands else None
     labelling_started = time.perf_counter()
-    progress = create_progress_artifact(0.0, description=f"dinoseg: {len(items)} scenes")
-    outcomes: list[ImageOutcome] = []
-    bar = tqdm(total=len(items), desc="scenes", unit="scene", disable=None)
-    runner = task_runner(workers)
-    with runner:
-        futures = {
-            runner.submit(label_scene, {"url": url, "stamp": stamp, "concepts": concepts, "settings": settings,
-                                        "scene": scene_config, "bands": band_tuple}): url
-            for url, stamp in items
-        }
-        for future in as_completed(list(futures)):
-            try:
-                outcomes.append(future.result())
-            except Exception as exc:  # retries exhausted
-                outcomes.append(ImageOutcome(futures[future], "failed", reason=f"{type(exc).__name__}: {exc}"))
-            update_progress_artifact(progress, 100.0 * len(outcomes) / max(len(items), 1))
-            bar.update(1)
-    bar.close()
+    outcomes = run_jobs(
+        task_runner(workers), label_scene,
+        [({"url": url, "stamp": stamp, "concepts": concepts, "settings": settings, "scene": scene_config,
+           "bands": band_tuple}, [url]) for url, stamp in items],
+        f"dinoseg: {len(items)} scenes",
+    )
     return finish_run(
         outcomes, archive, storage_options, started, labelling_started, str(flow_run.get_id() or uuid.uuid4()),
         {"references": references, "images": images, "backbone": backbone, "method": settings.method_options,

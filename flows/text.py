@@ -25,25 +25,30 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger
 from prefect.artifacts import (
     create_markdown_artifact,
-    create_progress_artifact,
     create_table_artifact,
-    update_progress_artifact,
 )
-from prefect.futures import as_completed
 from prefect.runtime import flow_run
-from prefect.states import Completed, Failed
+from prefect.states import Completed
 from pydantic import Field
-from tqdm import tqdm
 
 from dinoseg_core import storage
 from dinoseg_core.archive import MaskArchive
 from dinoseg_core.errors import InputError
-from dinoseg_core.ovseg import OvsegConfig, SegHeadConfig, TrainConfig, validate_class_names
+from dinoseg_core.ovseg import (
+    OvsegConfig,
+    SegHeadConfig,
+    TrainConfig,
+    validate_class_names,
+)
 from dinoseg_core.ovseg.config import HeadOptions, OvsegOptions, TrainOptions
-from flows.labelling import DEFAULT_BATCH_SIZE, _prefix, _summary, task_runner
+from flows.labelling import (
+    DEFAULT_BATCH_SIZE,
+    _prefix,
+    finish_run,
+    run_jobs,
+    task_runner,
+)
 from tasks.labelling import list_images
-from tasks.reporting import write_run_log
-from tasks.settings import ImageOutcome
 from tasks.text import (
     DatasetLayout,
     DatasetSpec,
@@ -159,43 +164,20 @@ def label_with_text(
 
     batches = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
     labelling_started = time.perf_counter()
-    progress = create_progress_artifact(0.0, description=f"dinoseg label-text: {len(items)} images")
-    outcomes: list[ImageOutcome] = []
-    bar = tqdm(total=len(items), desc="label-text", unit="image", disable=None)  # shown on a terminal only
-    with task_runner(workers) as runner:
-        futures = {runner.submit(label_text_batch, {"items": b, "prepared": prepared, "settings": settings}): b
-                   for b in batches}
-        for future in as_completed(list(futures)):
-            try:
-                outcomes.extend(future.result())
-            except Exception as exc:  # retries exhausted: every image of the batch failed for this reason
-                reason = f"{type(exc).__name__}: {exc}"
-                outcomes.extend(ImageOutcome(url, "failed", reason=reason) for url, _ in futures[future])
-            update_progress_artifact(progress, 100.0 * len(outcomes) / max(len(items), 1))
-            bar.update(len(futures[future]))
-    bar.close()
-
-    summary = _summary(outcomes, time.perf_counter() - started, time.perf_counter() - labelling_started)
-    summary["concepts"] = dict(zip(prepared.names, prepared.concepts))
-    logger.info("labelled %(labelled)d, skipped %(skipped)d, failed %(failed)d", summary)
-    create_table_artifact(
-        [{"status": k, "images": summary[k]} for k in ("labelled", "skipped", "failed")]
-        + [{"status": "seconds per labelled image", "images": summary["seconds_per_labelled_image"]}]
-        + [{"status": f"class {n}", "images": f"concept {c}"} for n, c in summary["concepts"].items()]
-        + [{"status": f"failed: {f['uri']}", "images": f["reason"]} for f in summary["failures"]],
-        description="dinoseg label-text summary",
+    outcomes = run_jobs(
+        task_runner(workers), label_text_batch,
+        [({"items": b, "prepared": prepared, "settings": settings}, [url for url, _ in b]) for b in batches],
+        f"dinoseg label-text: {len(items)} images",
     )
-    if summary["labelled"] or summary["failed"]:  # a run that changed nothing writes nothing
-        write_run_log(archive, storage_options, run_id, {
-            "run_id": run_id, "flow": "label-with-text", "started": created, "classes": list(names),
-            "images": images if isinstance(images, str) else list(images), "dinotxt": dinotxt,
-            "backbone": backbone, "head": head, "mode": prepared.mode, "options": given, "force": force,
-            **summary,
-        })
-    if summary["failed"]:
-        failed = "; ".join(f"{f['uri']}: {f['reason']}" for f in summary["failures"][:20])
-        return Failed(message=f"{summary['failed']} of {len(items)} image(s) failed: {failed}", data=summary)
-    return Completed(message=f"labelled {summary['labelled']}, skipped {summary['skipped']}", data=summary)
+    concepts = dict(zip(prepared.names, prepared.concepts))
+    return finish_run(
+        outcomes, archive, storage_options, started, labelling_started, run_id,
+        {"flow": "label-with-text", "started": created, "classes": list(names),
+         "images": images if isinstance(images, str) else list(images), "dinotxt": dinotxt, "backbone": backbone,
+         "head": head, "mode": prepared.mode, "options": given, "force": force},
+        extra={"concepts": concepts}, title="dinoseg label-text summary",
+        extra_rows=[{"status": f"class {n}", "images": f"concept {c}"} for n, c in concepts.items()],
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
