@@ -64,6 +64,9 @@ MAX_IMAGE_PIXELS: int = 2**30
 
 
 
+#: Extensions of rasters read through rasterio (GeoTIFF/COG and friends) rather than Pillow.
+RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt")
+
 def _raise_pillow_limit() -> None:
     # Pillow errors above 2x its limit and warns above 1x; we check our own limit first, so Pillow's must not be
     # lower. Called again at each decode in case MAX_IMAGE_PIXELS was raised after import.

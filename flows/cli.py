@@ -23,6 +23,7 @@ from dinoseg_core.cli import (
 from dinoseg_core.cli import main as core_main
 from dinoseg_core.errors import InputError
 from dinoseg_core.geo.scene import SceneConfig
+from dinoseg_core.imageio import RASTER_SUFFIXES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,9 +72,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-SCENE_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt")
-
-
 def _bands(text: str) -> list[int]:
     try:
         bands = [int(part) for part in text.split(",") if part.strip()]
@@ -95,7 +93,7 @@ def run_label(args: argparse.Namespace) -> int:
                   device=args.device, dtype=args.dtype, storage_options=args.storage_options, method=method,
                   force=args.force, cache=args.cache, return_state=True)
     scene = _given_dataclass_options(args, SceneConfig, prefix="scene-")
-    if args.bands or scene or args.images.lower().endswith(SCENE_SUFFIXES):
+    if args.bands or scene or args.images.lower().endswith(RASTER_SUFFIXES):
         from flows.scenes import label_scenes
 
         state = label_scenes(bands=args.bands, scene=scene or None, workers=args.workers, **common)

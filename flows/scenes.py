@@ -69,16 +69,15 @@ def label_scenes(
     settings = LabelSettings(
         backbone=BackboneSpec(backbone, device, dtype), archive_url=archive, storage_options=storage_options,
         cache_url=cache, method_options=method.model_dump(exclude_none=True) if method is not None else {},
-        force=force, input_prefix=_prefix(images),
+        force=force, input_prefix=_prefix(images), bands=tuple(bands) if bands else None,
     )
     concepts = [prepare_concept(manifest, name, settings) for name in manifest.concepts]
     logger.info("%d scene(s), %d concept(s): %s", len(items), len(concepts), ", ".join(manifest.concepts))
-    band_tuple = tuple(bands) if bands else None
     labelling_started = time.perf_counter()
     outcomes = run_jobs(
         task_runner(workers), label_scene,
-        [({"url": url, "stamp": stamp, "concepts": concepts, "settings": settings, "scene": scene_config,
-           "bands": band_tuple}, [url]) for url, stamp in items],
+        [({"url": url, "stamp": stamp, "concepts": concepts, "settings": settings, "scene": scene_config}, [url])
+         for url, stamp in items],
         f"dinoseg: {len(items)} scenes",
     )
     return finish_run(

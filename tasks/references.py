@@ -9,8 +9,9 @@ from prefect.cache_policies import NO_CACHE
 
 from dinoseg_core import imageio, storage
 from dinoseg_core.config import apply_options
-from dinoseg_core.manifest import ReferenceManifest, concept_hash, load_manifest
 from dinoseg_core.featurestore import content_key
+from dinoseg_core.imageio import RASTER_SUFFIXES
+from dinoseg_core.manifest import ReferenceManifest, concept_hash, load_manifest
 from tasks import runtime
 from tasks.retry import STORAGE_RETRIES
 from tasks.settings import LabelSettings, PreparedConcept
@@ -37,15 +38,27 @@ def prepare_concept(manifest: ReferenceManifest, concept: str, settings: LabelSe
         seg = runtime.segmenter(settings.backbone, config, so, cache)
         key = content_key(
             "references", seg.backbone.fingerprint, repr(runtime.feature_key(config)),
-            [h for pair in pairs for h in pair],
+            [h for pair in pairs for h in pair], repr(settings.bands),
         )
         refs = runtime.reference_set(key, cache, seg.backbone.device)
         if refs is None:
-            images = [imageio.decode_image(contents[p.image_url], p.image_url) for p in spec.references]
-            masks = [imageio.decode_mask(contents[p.mask_url], p.mask_url) for p in spec.references]
-            refs = seg.embed_references(images, masks, names=[p.image_url for p in spec.references])
+            shots = [_read_shot(p, contents, settings) for p in spec.references]
+            refs = seg.embed_references([i for i, _ in shots], [m for _, m in shots],
+                                        names=[p.image_url for p in spec.references])
     runtime.remember_reference_set(key, refs, cache)
     return PreparedConcept(concept, config, key, concept_hash(manifest, concept, hashes))
+
+
+def _read_shot(pair, contents: dict[str, bytes], settings: LabelSettings):
+    """(image, mask) of one reference: GeoTIFF/COG references through rasterio (the run's bands, the scene's
+    stretch, nodata removed from the mask), other images decoded from the bytes already read."""
+    if pair.image_url.lower().endswith(RASTER_SUFFIXES):
+        from dinoseg_core.geo import read_reference
+
+        return read_reference(pair.image_url, pair.mask_url, bands=settings.bands,
+                              storage_options=settings.storage_options)
+    return (imageio.decode_image(contents[pair.image_url], pair.image_url),
+            imageio.decode_mask(contents[pair.mask_url], pair.mask_url))
 
 
 def _belongs(spec, url: str) -> bool:

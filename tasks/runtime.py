@@ -20,7 +20,12 @@ from prefect.concurrency.sync import concurrency
 from dinoseg_core.backbone import Backbone, load_backbone
 from dinoseg_core.basis import BasisCache, PositionalBasis
 from dinoseg_core.config import InsidConfig
-from dinoseg_core.featurestore import FeatureCache, content_key, reference_set_from_bytes, reference_set_to_bytes
+from dinoseg_core.featurestore import (
+    FeatureCache,
+    content_key,
+    reference_set_from_bytes,
+    reference_set_to_bytes,
+)
 from dinoseg_core.prototype import ReferenceSet
 from dinoseg_core.segmenter import FEATURE_FIELDS, InContextSegmenter
 

@@ -57,11 +57,10 @@ def label_scene(
     concepts: list[PreparedConcept],
     settings: LabelSettings,
     scene: SceneConfig,
-    bands: tuple[int, ...] | None = None,
 ) -> ImageOutcome:
     """Label every concept on one scene; a bad scene (corrupt, a band out of range) is a failed outcome."""
     started = time.perf_counter()
-    so = settings.storage_options
+    so, bands = settings.storage_options, settings.bands
     key = image_key(url, settings.input_prefix)
     archive = MaskArchive.open(settings.archive_url, so, mode="a")
     model = runtime.backbone(settings.backbone, so)

@@ -23,6 +23,7 @@ class LabelSettings:
         force: relabel even what is up to date.
         save_similarity: also store the patch-grid similarity map (float16).
         input_prefix: the collection's prefix; image keys are relative to it.
+        bands: 1-based raster bands of GeoTIFF scenes and references (None: the first three).
         concurrency_limit: a Prefect global concurrency limit; the backbone work of a task holds one slot of it.
     """
 
@@ -34,6 +35,7 @@ class LabelSettings:
     force: bool = False
     save_similarity: bool = False
     input_prefix: str | None = None
+    bands: tuple[int, ...] | None = None
     concurrency_limit: str | None = None
 
     def cache(self) -> FeatureCache:

@@ -76,3 +76,28 @@ def test_a_band_out_of_range_fails_the_scene_with_a_clear_reason(lake, tmp_path,
                 "--image-size", "128", "--bands", "4,3,9"])
     assert code == 1
     assert "9" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_geotiff_references_in_the_manifest(tmp_path, capsys):
+    import yaml
+
+    root = tmp_path / "lake"
+    (root / "refs").mkdir(parents=True)
+    (root / "scenes").mkdir()
+    write_synthetic_geotiff(root / "refs" / "ref.tif", (256, 256), tile=256, seed=1,
+                            labels_path=root / "refs" / "ref_roof.tif")
+    write_synthetic_geotiff(root / "scenes" / "b.tif", (384, 384), tile=256, seed=5,
+                            labels_path=tmp_path / "truth.tif")
+    manifest = {"config": {"image_size": 256, "tau": 0.9},
+                "concepts": {"roof": {"references": [{"image": "refs/ref.tif", "mask": "refs/ref_roof.tif"}]}}}
+    (root / "refs.yaml").write_text(yaml.safe_dump(manifest))
+    assert cli(["label", "--references", f"{root}/refs.yaml", "--images", f"{root}/scenes/*.tif", "--archive",
+                str(tmp_path / "m.zarr"), "--backbone", BACKBONE, "--device", "cpu", "--bands", "3,2,1",
+                "--scene-overlap", "64"]) == 0
+    archive = MaskArchive.open(str(tmp_path / "m.zarr"), mode="r")
+    (concept, key), = archive.list_masks()
+    mask = archive.load(concept, key).mask
+    with rasterio.open(tmp_path / "truth.tif") as src:
+        truth = src.read(1) == 1
+    assert (mask & truth).sum() / (mask | truth).sum() > 0.4
