@@ -28,3 +28,16 @@ def write_collection(root: str, tiles: int = 4, size: int = 128, storage_options
     manifest = {"version": 1, "config": METHOD, "concepts": entries}
     storage.write_bytes(storage.join(root, "refs.yaml"), yaml.safe_dump(manifest).encode(), storage_options)
     return urls
+
+
+def artifacts_of(state) -> list[dict]:
+    """The artifacts a flow run created, read back from the server's REST API (the 3.8.8 client sends None for
+    limit/sort, which the server rejects)."""
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
+    body = {"artifacts": {"flow_run_id": {"any_": [str(state.state_details.flow_run_id)]}},
+            "limit": 50, "offset": 0, "sort": "CREATED_DESC"}
+    response = httpx.post(f"{PREFECT_API_URL.value()}/artifacts/filter", json=body)
+    response.raise_for_status()
+    return response.json()

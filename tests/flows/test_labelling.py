@@ -2,7 +2,6 @@
 
 import json
 
-import httpx
 import numpy as np
 import pytest
 import xarray as xr
@@ -11,23 +10,11 @@ from dinoseg_core import storage
 from dinoseg_core.archive import MaskArchive
 from flows.cli import main as cli
 from flows.labelling import label_collection, segment_images
-from tests.pipeline_data import TINY, write_collection
+from tests.pipeline_data import TINY, artifacts_of, write_collection
 
 
 def run(**params):
     return label_collection(backbone=TINY, device="cpu", return_state=True, **params)
-
-
-def artifacts_of(state) -> list[dict]:
-    """The artifacts a flow run created, read back from the server's REST API (the 3.8.8 client sends None for
-    limit/sort, which the server rejects)."""
-    from prefect.settings import PREFECT_API_URL
-
-    body = {"artifacts": {"flow_run_id": {"any_": [str(state.state_details.flow_run_id)]}},
-            "limit": 50, "offset": 0, "sort": "CREATED_DESC"}
-    response = httpx.post(f"{PREFECT_API_URL.value()}/artifacts/filter", json=body)
-    response.raise_for_status()
-    return response.json()
 
 
 def test_label_collection_completes_then_skips(tmp_path):

@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import json
 
-import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -19,6 +18,7 @@ from dinoseg_core.ovseg import SegModel, load_dinotxt
 from flows.cli import main as cli
 from flows.text import evaluate_ovss, label_with_text, sparkline, train_ovss
 from tests.ovseg_factory import SHAPE_CLASSES, shapes_image
+from tests.pipeline_data import artifacts_of
 
 TINY = "random:tiny@0"
 CLASSES = "grass,red square,blue disk"
@@ -28,18 +28,6 @@ TRAIN = {"batch_size": 2, "lr": 1e-2, "short_side": 64, "crop": 64, "schedule": 
          "templates": ["a photo of a {}."], "checkpoint_every": 8}
 HEAD = {"hidden": 16, "early_blocks": 0, "spatial_blocks": 1, "class_blocks": 1, "class_heads": 2,
         "decoder_channels": [8]}
-
-
-def artifacts_of(state) -> list[dict]:
-    """The artifacts a flow run created, from the server's REST API (the 3.8.8 client sends None for
-    limit/sort, which the server rejects)."""
-    from prefect.settings import PREFECT_API_URL
-
-    body = {"artifacts": {"flow_run_id": {"any_": [str(state.state_details.flow_run_id)]}},
-            "limit": 50, "offset": 0, "sort": "CREATED_DESC"}
-    response = httpx.post(f"{PREFECT_API_URL.value()}/artifacts/filter", json=body)
-    response.raise_for_status()
-    return response.json()
 
 
 def write_tiles(root: str, n: int = 3, size: int = 64) -> list[str]:
