@@ -33,7 +33,7 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 import yaml  # noqa: E402
 
-from dinoseg_core import imageio, storage  # noqa: E402
+from dinoseg_core.io import imageio, storage  # noqa: E402
 from dinoseg_core.synthetic import generate_scene  # noqa: E402
 
 

@@ -42,7 +42,9 @@ def run_one(args: argparse.Namespace) -> None:
 
     from dinoseg_core.backbone import load_backbone
     from dinoseg_core.config import InsidConfig
-    from dinoseg_core.geo import SceneConfig, ZarrMaskWriter, open_raster, segment_scene
+    from dinoseg_core.geo import SceneConfig, segment_scene
+    from dinoseg_core.io.raster import open_raster
+    from dinoseg_core.io.maskwriter import ZarrMaskWriter
     from dinoseg_core.geo.synthetic import RGB_BANDS
     from dinoseg_core.segmenter import InContextSegmenter
     from dinoseg_core.synthetic import generate_scene

@@ -21,8 +21,8 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 import yaml  # noqa: E402
 
-from dinoseg_core import imageio, storage  # noqa: E402
-from dinoseg_core.archive import MaskArchive, image_key  # noqa: E402
+from dinoseg_core.io import imageio, storage  # noqa: E402
+from dinoseg_core.io.archive import MaskArchive, image_key  # noqa: E402
 from dinoseg_core.config import InsidConfig  # noqa: E402
 from dinoseg_core.synthetic import generate_scene  # noqa: E402
 

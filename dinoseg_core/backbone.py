@@ -2,12 +2,12 @@
 
 ``load_backbone(spec)`` accepts
 
-- a preset name (``"dinov3-vitl16"``, ... see :data:`dinoseg_core.checkpoints.PRESETS`) or any Hugging Face hub
+- a preset name (``"dinov3-vitl16"``, ... see :data:`dinoseg_core.io.checkpoints.PRESETS`) or any Hugging Face hub
   id (``"facebook/dinov3-vitl16-pretrain-lvd1689m"``): loaded with ``from_pretrained``; the weights are gated,
   so this needs ``huggingface-cli login`` once (or ``HF_TOKEN``), and it uses the Hugging Face cache;
 - a local Hugging Face model directory (``config.json`` + ``model.safetensors``);
 - Meta's original checkpoint file (``dinov3_vitl16_pretrain_lvd1689m-8aa4cbdd.pth``), converted on the fly
-  (:mod:`dinoseg_core.checkpoints`);
+  (:mod:`dinoseg_core.io.checkpoints`);
 - either of the last two at an fsspec URL (``s3://``, ``gs://``, ``memory://``, ...; ``file://`` is read in
   place): fetched once into a local cache, ``~/.cache/dinoseg/checkpoints/<sha256 of the URL>/`` (``cache_dir=``
   or ``$DINOSEG_CACHE_DIR`` move the root), and reused from there on every later load. The cache is not
@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from dinoseg_core.checkpoints import (
+from dinoseg_core.io.checkpoints import (
     PRESETS,
     RANDOM_ONLY_PRESETS,
     build_config,
@@ -326,6 +326,7 @@ def _accepted_specs() -> str:
             "URL (s3://, memory://, file://, ...), or 'random:<preset>[@seed]'")
 
 
+
 def load_backbone(
     spec: str | os.PathLike[str],
     *,
@@ -528,7 +529,7 @@ def fetch_to_cache(
         CheckpointError: nothing at ``url``, unreachable storage, a refused directory, or a failed download.
         MissingDependencyError: the URL's fsspec backend (e.g. ``s3fs``) is not installed.
     """
-    from dinoseg_core import storage
+    from dinoseg_core.io import storage
 
     shown = storage.display_url(url)
     hint = f" Expected {expected}." if expected else ""
@@ -611,7 +612,7 @@ def _hf_directory_files(shown: str) -> Callable[[list[str]], list[str]]:
 def _localise_url(url: str, storage_options: dict[str, Any] | None,
                   cache_dir: str | os.PathLike[str] | None) -> tuple[str, str]:
     """(local path, URL as shown in messages) of a backbone at a URL (:func:`fetch_to_cache`)."""
-    from dinoseg_core import storage
+    from dinoseg_core.io import storage
 
     shown = storage.display_url(url)
     local = fetch_to_cache(url, storage_options, cache_dir, expected=_accepted_specs(),

@@ -14,12 +14,11 @@ import sys
 import typing
 from collections.abc import Sequence
 
-from dinoseg_core.config import InsidConfig
+from dinoseg_core.config import DEFAULT_BACKBONE, InsidConfig
 from dinoseg_core.errors import DinosegError, InputError
 
 log = logging.getLogger("dinoseg")
 
-DEFAULT_BACKBONE = "dinov3-vitl16"
 
 # Exit codes: 0 every target written; 1 some targets failed (the others were written); 2 nothing could be done.
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
@@ -124,7 +123,7 @@ def _load_segmenter(args: argparse.Namespace):
 
 def expand_targets(patterns: Sequence[str], storage_options: dict | None) -> list[str]:
     """Expand glob patterns; plain paths pass through. Refuses two targets with one output stem."""
-    from dinoseg_core import storage
+    from dinoseg_core.io import storage
 
     urls: list[str] = []
     for pattern in patterns:
@@ -150,7 +149,7 @@ def run_segment(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm import tqdm
 
-    from dinoseg_core import imageio, storage
+    from dinoseg_core.io import imageio, storage
 
     so = args.storage_options
     targets = expand_targets(args.target, so)
@@ -194,7 +193,7 @@ def run_segment(args: argparse.Namespace) -> int:
 
 def _segment_batch(segmenter, references, urls, storage_options, failures):
     """Read, extract (one backbone pass for the batch) and segment; a bad target is recorded, not fatal."""
-    from dinoseg_core import imageio
+    from dinoseg_core.io import imageio
 
     loaded = []
     for url in urls:
@@ -215,7 +214,7 @@ def _segment_batch(segmenter, references, urls, storage_options, failures):
 
 
 def run_basis(args: argparse.Namespace) -> int:
-    from dinoseg_core import storage
+    from dinoseg_core.io import storage
 
     segmenter = _load_segmenter(args)
     basis = segmenter.basis()

@@ -15,6 +15,9 @@ from typing import Any, Literal
 
 from dinoseg_core.errors import InputError
 
+#: The backbone of the paper's results (ViT-L/16, LVD-1689M): what every command and flow uses unless told.
+DEFAULT_BACKBONE = "dinov3-vitl16"
+
 #: SVD components used by the paper with the ViT-L backbone (C = 1024).
 PAPER_SVD_COMPONENTS = 500
 PAPER_EMBED_DIM = 1024

@@ -1,6 +1,6 @@
 """Step 1 of INSID3: pre-processing of images and reference masks into backbone-sized tensors.
 
-Images arrive as float32 arrays (H, W, 3) in [0, 1] (see :mod:`dinoseg_core.imageio` for decoding of
+Images arrive as float32 arrays (H, W, 3) in [0, 1] (see :mod:`dinoseg_core.io.imageio` for decoding of
 grayscale, RGBA and 16-bit files); masks as bool arrays (H, W) of the same size as their image.
 """
 
@@ -38,7 +38,7 @@ def validate_image(image: np.ndarray, name: str, patch_size: int = 16) -> None:
         shape = getattr(image, "shape", type(image).__name__)
         raise InputError(
             f"image {name!r}: expected an RGB array of shape (H, W, 3), got {shape}; "
-            "decode files with dinoseg_core.imageio.read_image, which converts grayscale/RGBA/16-bit images"
+            "decode files with dinoseg_core.io.imageio.read_image, which converts grayscale/RGBA/16-bit images"
         )
     if not np.issubdtype(image.dtype, np.floating):
         raise InputError(f"image {name!r}: expected floats in [0, 1], got dtype {image.dtype}")

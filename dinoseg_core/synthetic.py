@@ -420,7 +420,7 @@ def write_demo_dataset(
          "targets": [{"name", "image", "gt_mask", "seed"}, ...]}
     """
     # Imported here so that generating scenes needs numpy only.
-    from dinoseg_core import imageio, storage
+    from dinoseg_core.io import imageio, storage
 
     if concept not in CONCEPTS:
         raise InputError(f"Unknown concept {concept!r}; choose from {list(CONCEPTS)}.")

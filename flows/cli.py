@@ -23,7 +23,7 @@ from dinoseg_core.cli import (
 from dinoseg_core.cli import main as core_main
 from dinoseg_core.errors import InputError
 from dinoseg_core.geo.scene import SceneConfig
-from dinoseg_core.imageio import RASTER_SUFFIXES
+from dinoseg_core.io.imageio import RASTER_SUFFIXES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,7 +122,7 @@ def report_run(state, archive: str) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     """Polygons of every georeferenced mask of a concept, read in blocks, with source URI and concept."""
-    from dinoseg_core.archive import MaskArchive
+    from dinoseg_core.io.archive import MaskArchive
     from dinoseg_core.geo import array_to_polygons, export_vectors
     from dinoseg_core.geo.georef import georeference_from_attrs
 
@@ -148,8 +148,8 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_preview(args: argparse.Namespace) -> int:
-    from dinoseg_core import imageio, storage
-    from dinoseg_core.archive import MaskArchive
+    from dinoseg_core.io import imageio, storage
+    from dinoseg_core.io.archive import MaskArchive
 
     archive = MaskArchive.open(args.archive, args.storage_options, mode="r")
     keys = [key for _, key in archive.list_masks(args.concept)][: args.limit]
@@ -344,7 +344,7 @@ def run_train_ovss(args: argparse.Namespace) -> int:
 
 def run_eval_ovss(args: argparse.Namespace) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from dinoseg_core import storage
+    from dinoseg_core.io import storage
     from dinoseg_core.ovseg import OvsegConfig
     from flows.text import evaluate_ovss
 

@@ -18,8 +18,8 @@ import yaml
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
-from dinoseg_core import imageio, storage  # noqa: E402
-from dinoseg_core.archive import MaskArchive, image_key  # noqa: E402
+from dinoseg_core.io import imageio, storage  # noqa: E402
+from dinoseg_core.io.archive import MaskArchive, image_key  # noqa: E402
 from dinoseg_core.synthetic import generate_scene  # noqa: E402
 
 OUT = os.path.abspath(os.environ.get("DINOSEG_DEMO_OUT", "demo-output"))

@@ -33,8 +33,8 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pydantic import Field
 from tqdm import tqdm
 
-from dinoseg_core.archive import MaskArchive
-from dinoseg_core.cli import DEFAULT_BACKBONE
+from dinoseg_core.io.archive import MaskArchive
+from dinoseg_core.config import DEFAULT_BACKBONE
 from dinoseg_core.config import MethodOptions
 from dinoseg_core.errors import InputError
 from tasks.labelling import label_batch, list_images

@@ -16,8 +16,8 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from pydantic import Field
 
-from dinoseg_core.archive import MaskArchive
-from dinoseg_core.cli import DEFAULT_BACKBONE
+from dinoseg_core.io.archive import MaskArchive
+from dinoseg_core.config import DEFAULT_BACKBONE
 from dinoseg_core.config import MethodOptions
 from dinoseg_core.geo import SceneConfig
 from flows.labelling import (

@@ -31,8 +31,8 @@ from prefect.runtime import flow_run
 from prefect.states import Completed
 from pydantic import Field
 
-from dinoseg_core import storage
-from dinoseg_core.archive import MaskArchive
+from dinoseg_core.io import storage
+from dinoseg_core.io.archive import MaskArchive
 from dinoseg_core.errors import InputError
 from dinoseg_core.ovseg import (
     OvsegConfig,

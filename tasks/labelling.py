@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from dinoseg_core import imageio, storage
-from dinoseg_core.archive import MaskArchive, config_digest, image_key
+from dinoseg_core.io import imageio, storage
+from dinoseg_core.io.archive import MaskArchive, config_digest, image_key
 from dinoseg_core.errors import InputError, ObjectNotFoundError, StorageError
 from tasks import runtime
 from tasks.retry import STORAGE_RETRIES

@@ -7,11 +7,11 @@ import hashlib
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from dinoseg_core import imageio, storage
+from dinoseg_core.io import imageio, storage
 from dinoseg_core.config import apply_options
-from dinoseg_core.featurestore import content_key
-from dinoseg_core.imageio import RASTER_SUFFIXES
-from dinoseg_core.manifest import ReferenceManifest, concept_hash, load_manifest
+from dinoseg_core.io.featurestore import content_key
+from dinoseg_core.io.imageio import RASTER_SUFFIXES
+from dinoseg_core.io.manifest import ReferenceManifest, concept_hash, load_manifest
 from tasks import runtime
 from tasks.retry import STORAGE_RETRIES
 from tasks.settings import LabelSettings, PreparedConcept
@@ -53,7 +53,7 @@ def _read_shot(pair, contents: dict[str, bytes], settings: LabelSettings):
     """(image, mask) of one reference: GeoTIFF/COG references through rasterio (the run's bands, the scene's
     stretch, nodata removed from the mask), other images decoded from the bytes already read."""
     if pair.image_url.lower().endswith(RASTER_SUFFIXES):
-        from dinoseg_core.geo import read_reference
+        from dinoseg_core.io.raster import read_reference
 
         return read_reference(pair.image_url, pair.mask_url, bands=settings.bands,
                               storage_options=settings.storage_options)

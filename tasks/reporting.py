@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from dinoseg_core.archive import MaskArchive
+from dinoseg_core.io.archive import MaskArchive
 from tasks.retry import STORAGE_RETRIES
 
 

@@ -20,7 +20,7 @@ from prefect.concurrency.sync import concurrency
 from dinoseg_core.backbone import Backbone, load_backbone
 from dinoseg_core.basis import BasisCache, PositionalBasis
 from dinoseg_core.config import InsidConfig
-from dinoseg_core.featurestore import (
+from dinoseg_core.io.featurestore import (
     FeatureCache,
     content_key,
     reference_set_from_bytes,

@@ -13,16 +13,12 @@ import time
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from dinoseg_core import storage
-from dinoseg_core.archive import MaskArchive, config_digest, image_key
+from dinoseg_core.io import storage
+from dinoseg_core.io.archive import MaskArchive, config_digest, image_key
 from dinoseg_core.errors import ObjectNotFoundError, StorageError
-from dinoseg_core.geo import (
-    SceneConfig,
-    ZarrMaskWriter,
-    geo_attrs,
-    open_raster,
-    segment_scene,
-)
+from dinoseg_core.geo import SceneConfig, geo_attrs, segment_scene
+from dinoseg_core.io.raster import open_raster
+from dinoseg_core.io.maskwriter import ZarrMaskWriter
 from tasks import runtime
 from tasks.labelling import PERMANENT
 from tasks.retry import STORAGE_RETRIES

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dinoseg_core.config import InsidConfig
-from dinoseg_core.featurestore import FeatureCache
+from dinoseg_core.io.featurestore import FeatureCache
 from tasks.runtime import BackboneSpec
 
 

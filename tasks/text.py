@@ -27,8 +27,8 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
-from dinoseg_core import imageio, storage
-from dinoseg_core.archive import MaskArchive, config_digest, image_key
+from dinoseg_core.io import imageio, storage
+from dinoseg_core.io.archive import MaskArchive, config_digest, image_key
 from dinoseg_core.errors import InputError
 from dinoseg_core.ovseg import (
     ClassEmbeddings,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import yaml
 
-from dinoseg_core import imageio, storage
+from dinoseg_core.io import imageio, storage
 from dinoseg_core.synthetic import generate_scene
 
 #: A 2-block random backbone: the pipeline's behaviour, not mask quality, is under test here.

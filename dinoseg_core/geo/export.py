@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from dinoseg_core import storage
+from dinoseg_core.io import storage
 from dinoseg_core.errors import InputError, MissingDependencyError
 
 __all__ = ["FORMATS", "array_to_polygons", "export_vectors", "masks_to_polygons"]

@@ -45,7 +45,7 @@ What happens (:func:`segment_scene`):
 
 Memory: one window's image and features, the small global map, and the stitcher's overlap strip
 (``O(overlap x width)`` float32). Nothing of the scene's full size is allocated here; the writer decides where
-the mask goes (:class:`~dinoseg_core.geo.writer.ZarrMaskWriter`: a chunked zarr array on disk or S3).
+the mask goes (:class:`~dinoseg_core.io.maskwriter.ZarrMaskWriter`: a chunked zarr array on disk or S3).
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ from dinoseg_core.aggregate import aggregate, score_clusters
 from dinoseg_core.candidates import FALLBACK_PERCENTILE, backward_candidates, forward_candidates
 from dinoseg_core.config import InsidConfig
 from dinoseg_core.errors import InputError
-from dinoseg_core.geo.raster import RasterSource, raster_reader
+from dinoseg_core.io.raster import RasterSource, raster_reader
 from dinoseg_core.geo.windows import MaskWriter, Stitcher, WindowGrid
 from dinoseg_core.preprocess import resize_mask
 from dinoseg_core.prototype import ReferenceSet
@@ -293,7 +293,7 @@ def segment_scene(
             :func:`dinoseg_core.geo.read_reference`).
         source: the scene, from :func:`dinoseg_core.geo.open_raster`.
         writer: ``writer(row_off, col_off, mask bool (h, w))``, called with non-overlapping blocks that tile the
-            scene exactly once (e.g. :class:`~dinoseg_core.geo.writer.ZarrMaskWriter`).
+            scene exactly once (e.g. :class:`~dinoseg_core.io.maskwriter.ZarrMaskWriter`).
         config: a :class:`SceneConfig`; the keyword arguments below override single fields of it.
         insid_config: per-concept tau / merge_threshold / crf (default the segmenter's config).
         progress: called as ``progress(windows_done, windows_total)`` after each window.

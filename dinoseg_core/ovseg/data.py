@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from dinoseg_core import storage
+from dinoseg_core.io import storage
 from dinoseg_core.errors import ImageDecodeError, InputError
-from dinoseg_core.imageio import read_image
+from dinoseg_core.io.imageio import read_image
 from dinoseg_core.ovseg.classes import validate_class_names
 
 __all__ = ["ArraySegDataset", "SegDataset", "decode_label_map", "read_class_table"]

@@ -490,7 +490,7 @@ def load_dinotxt(
             raise CheckpointError(f"{weights}: real dino.txt weights need CLIP's vocabulary: pass "
                                   "bpe='bpe_simple_vocab_16e6.txt.gz' (Meta: dl.fbaipublicfiles.com/dinov3/thirdparty/"
                                   "bpe_simple_vocab_16e6.txt.gz).")
-        from dinoseg_core import storage
+        from dinoseg_core.io import storage
 
         source = storage.display_url(weights)
         local = fetch_to_cache(weights, storage_options, cache_dir, expected=_EXPECTED_FILE) if (

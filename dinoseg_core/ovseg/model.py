@@ -239,7 +239,7 @@ def save_checkpoint(url: str | os.PathLike[str], head: SegHead, *, dinotxt_finge
     """Write a head checkpoint (safetensors) to ``url``, atomically where the storage allows."""
     from safetensors.torch import save
 
-    from dinoseg_core import storage
+    from dinoseg_core.io import storage
 
     tensors = {f"head.{k}": v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
     meta: dict[str, Any] = {"format": CHECKPOINT_FORMAT, "head_config": head.config.to_dict(), "step": int(step),
@@ -267,7 +267,7 @@ def read_checkpoint(url: str | os.PathLike[str], storage_options: dict[str, Any]
     """
     from safetensors.torch import load
 
-    from dinoseg_core import storage
+    from dinoseg_core.io import storage
 
     shown = storage.display_url(url)
     data = storage.read_bytes(url, storage_options)

@@ -106,7 +106,7 @@ class TextSegmenter:
         return self.dinotxt.embed_classes(class_names, self.config.templates, self.config.background_prompts)
 
     def provenance(self, classes: ClassEmbeddings) -> dict[str, Any]:
-        """Provenance attributes for :meth:`dinoseg_core.archive.MaskArchive.write_mask` (all but ``source_uri``
+        """Provenance attributes for :meth:`dinoseg_core.io.archive.MaskArchive.write_mask` (all but ``source_uri``
         and ``source_sha256``): what a stored mask depends on, so an incremental run can tell whether it is
         up to date.
 

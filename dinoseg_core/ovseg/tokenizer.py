@@ -235,7 +235,7 @@ def load_tokenizer(url: str | os.PathLike[str] | None, storage_options: dict[str
     """
     if url is None:
         return ClipTokenizer.byte_level()
-    from dinoseg_core import storage
+    from dinoseg_core.io import storage
     from dinoseg_core.errors import MissingDependencyError, StorageError
 
     shown = storage.display_url(url)

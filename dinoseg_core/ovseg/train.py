@@ -131,7 +131,7 @@ def train(
             dino.txt.
         InputError: ``steps`` < 0 or a crop that is not a multiple of the patch size.
     """
-    from dinoseg_core import storage
+    from dinoseg_core.io import storage
 
     config = config or TrainConfig()
     started = time.perf_counter()

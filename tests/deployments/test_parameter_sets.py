@@ -10,7 +10,7 @@ import pytest
 import yaml
 from prefect.flows import load_flow_from_entrypoint
 
-from dinoseg_core.manifest import load_manifest
+from dinoseg_core.io.manifest import load_manifest
 from tests.deployments.conftest import REPO
 
 PREFECT_FILES = [REPO / "prefect.yaml", *sorted((REPO / "deployments").glob("*.yaml"))]

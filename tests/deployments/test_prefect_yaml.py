@@ -14,8 +14,8 @@ import time
 import httpx
 import pytest
 
-from dinoseg_core import storage
-from dinoseg_core.archive import MaskArchive
+from dinoseg_core.io import storage
+from dinoseg_core.io.archive import MaskArchive
 from tests.deployments.conftest import PREFECT, REPO, start, stop, tail
 from tests.pipeline_data import TINY, write_collection
 

@@ -22,7 +22,7 @@ from dinoseg_core.backbone import (
     fingerprint_model,
     load_backbone,
 )
-from dinoseg_core.checkpoints import (
+from dinoseg_core.io.checkpoints import (
     ARCHITECTURES,
     PRESETS,
     arch_from_filename,

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from dinoseg_core import imageio, storage
+from dinoseg_core.io import imageio, storage
 from dinoseg_core.cli import build_parser, config_from_args, main
 from dinoseg_core.config import InsidConfig
 from dinoseg_core.synthetic import write_demo_dataset

@@ -9,18 +9,11 @@ import pytest
 import zarr
 from rasterio.transform import Affine
 
-from dinoseg_core import storage
+from dinoseg_core.io import storage
 from dinoseg_core.errors import InputError, MissingDependencyError
-from dinoseg_core.geo import (
-    ZarrMaskWriter,
-    array_to_polygons,
-    export_vectors,
-    geo_attrs,
-    georeference_from_attrs,
-    masks_to_polygons,
-    open_raster,
-    spatial_ref_attrs,
-)
+from dinoseg_core.geo import array_to_polygons, export_vectors, geo_attrs, georeference_from_attrs, masks_to_polygons, spatial_ref_attrs
+from dinoseg_core.io.raster import open_raster
+from dinoseg_core.io.maskwriter import ZarrMaskWriter
 from tests.dinoseg_core.geo_data import ORIGIN, RES, TRANSFORM, band_stack, write_geotiff
 
 pyproj = pytest.importorskip("pyproj")

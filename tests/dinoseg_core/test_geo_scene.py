@@ -12,14 +12,9 @@ from scipy import ndimage
 from dinoseg_core.backbone import load_backbone
 from dinoseg_core.config import InsidConfig
 from dinoseg_core.errors import InputError
-from dinoseg_core.geo import (
-    SceneConfig,
-    WindowGrid,
-    ZarrMaskWriter,
-    open_raster,
-    segment_features_in_context,
-    segment_scene,
-)
+from dinoseg_core.geo import SceneConfig, WindowGrid, segment_features_in_context, segment_scene
+from dinoseg_core.io.raster import open_raster
+from dinoseg_core.io.maskwriter import ZarrMaskWriter
 from dinoseg_core.geo.scene import scene_threshold
 from dinoseg_core.geo.synthetic import RGB_BANDS, write_synthetic_geotiff
 from dinoseg_core.segmenter import InContextSegmenter
@@ -227,7 +222,7 @@ def test_global_context_can_be_turned_off(tiny, big_scene):
 
 @pytest.mark.slow
 def test_reference_embedded_from_a_geotiff_window(segmenter, tmp_path):
-    from dinoseg_core.geo import Window, read_reference
+    from dinoseg_core.io.raster import Window, read_reference
 
     info = write_synthetic_geotiff(tmp_path / "ref.tif", 1024, tile=512, seed=11, labels_path=tmp_path / "ref_roof.tif")
     image, mask = read_reference(info["path"], info["labels_path"], Window(512, 0, 512, 512), bands=RGB_BANDS)

@@ -9,7 +9,8 @@ import zarr
 from scipy import ndimage
 
 from dinoseg_core.errors import InputError
-from dinoseg_core.geo import Stitcher, WindowGrid, ZarrMaskWriter
+from dinoseg_core.geo import Stitcher, WindowGrid
+from dinoseg_core.io.maskwriter import ZarrMaskWriter
 from dinoseg_core.geo.windows import axis_spans
 
 

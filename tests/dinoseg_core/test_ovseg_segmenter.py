@@ -107,7 +107,7 @@ def test_concept_names_are_archive_safe():
 
 
 def test_provenance_fits_the_mask_archive(dinotxt, image, tmp_path):
-    from dinoseg_core.archive import MaskArchive, image_key
+    from dinoseg_core.io.archive import MaskArchive, image_key
 
     seg = TextSegmenter(dinotxt, SMALL)
     classes = seg.embed_classes(["solar panel", "road"])

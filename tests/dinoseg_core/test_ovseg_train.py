@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from dinoseg_core.errors import InputError
-from dinoseg_core.imageio import encode_png_rgb
+from dinoseg_core.io.imageio import encode_png_rgb
 from dinoseg_core.ovseg import (
     OvsegConfig,
     SegDataset,

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from dinoseg_core import imageio, storage, synthetic
+from dinoseg_core import synthetic
+from dinoseg_core.io import imageio, storage
 from dinoseg_core.errors import InputError
 
 SEEDS = range(12)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from dinoseg_core import storage
-from dinoseg_core.archive import MaskArchive
+from dinoseg_core.io import storage
+from dinoseg_core.io.archive import MaskArchive
 from flows.cli import main as cli
 from flows.labelling import label_collection, segment_images
 from tests.pipeline_data import TINY, artifacts_of, write_collection

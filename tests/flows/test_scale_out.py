@@ -12,7 +12,7 @@ from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from dinoseg_core.archive import MaskArchive
+from dinoseg_core.io.archive import MaskArchive
 from dinoseg_core.errors import InputError
 from dinoseg_core.segmenter import InContextSegmenter
 from flows.labelling import label_collection, task_runner

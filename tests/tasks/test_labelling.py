@@ -5,9 +5,9 @@ import os
 import numpy as np
 import pytest
 
-from dinoseg_core import imageio, storage
-from dinoseg_core.archive import MaskArchive, image_key
-from dinoseg_core.manifest import load_manifest
+from dinoseg_core.io import imageio, storage
+from dinoseg_core.io.archive import MaskArchive, image_key
+from dinoseg_core.io.manifest import load_manifest
 from tasks.labelling import label_batch, list_images
 from tasks.references import prepare_concept
 from tasks.runtime import BackboneSpec

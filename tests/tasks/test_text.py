@@ -8,8 +8,8 @@ import os
 import numpy as np
 import pytest
 
-from dinoseg_core import imageio, storage
-from dinoseg_core.archive import MaskArchive, image_key
+from dinoseg_core.io import imageio, storage
+from dinoseg_core.io.archive import MaskArchive, image_key
 from dinoseg_core.errors import InputError
 from dinoseg_core.ovseg import OvsegConfig
 from dinoseg_core.ovseg.train import loss_curve

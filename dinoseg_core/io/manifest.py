@@ -51,7 +51,7 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
-from dinoseg_core import storage
+from dinoseg_core.io import storage
 from dinoseg_core.config import InsidConfig, MethodOptions
 from dinoseg_core.errors import InputError
 

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from dinoseg_core import storage
+from dinoseg_core.io import storage
 from dinoseg_core.errors import InputError, ObjectNotFoundError
 from dinoseg_core.prototype import ReferenceSet, ReferenceShot
 

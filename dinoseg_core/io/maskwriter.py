@@ -7,7 +7,7 @@ chunk once, whole, when its last pixel has arrived. The buffered chunks are the 
 at most about two rows of chunks (``2 x chunk x scene width`` bytes, 16 MB for a 16k-px-wide scene with 512-px
 chunks), never the scene.
 
-Array layout, as in :mod:`dinoseg_core.archive`: ``uint8 (H, W)``, 0 / 255, fill value 0, chunks 512 x 512, no
+Array layout, as in :mod:`dinoseg_core.io.archive`: ``uint8 (H, W)``, 0 / 255, fill value 0, chunks 512 x 512, no
 sharding, ``dimension_names ("y", "x")``; with ``georeference=True`` also ``spatial_ref``, ``x`` and ``y`` arrays
 and the CF / GeoZarr attributes of :mod:`dinoseg_core.geo.georef`, so that ``xarray.open_zarr(url)`` +
 ``rioxarray`` place the mask.
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from dinoseg_core import storage
+from dinoseg_core.io import storage
 from dinoseg_core.errors import InputError, StorageError
 from dinoseg_core.geo.georef import write_georeference
 

@@ -1,6 +1,6 @@
 import torch
 
-from dinoseg_core.featurestore import FeatureCache, content_key, reference_set_from_bytes, reference_set_to_bytes
+from dinoseg_core.io.featurestore import FeatureCache, content_key, reference_set_from_bytes, reference_set_to_bytes
 from dinoseg_core.prototype import ReferenceSet, ReferenceShot
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import zarr
 
-from dinoseg_core.archive import SCHEMA_VERSION, MaskArchive, config_digest, image_key
+from dinoseg_core.io.archive import SCHEMA_VERSION, MaskArchive, config_digest, image_key
 from dinoseg_core.config import InsidConfig
 from dinoseg_core.errors import InputError, ObjectNotFoundError, StorageError
 

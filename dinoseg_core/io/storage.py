@@ -11,7 +11,7 @@ and the cause; a missing object is an :class:`~dinoseg_core.errors.ObjectNotFoun
 ``FileNotFoundError``. Messages never contain ``storage_options`` (credentials live there), and user:password
 parts of URLs are masked.
 
-This module knows nothing of images or of the method; see :mod:`dinoseg_core.imageio` for decoding.
+This module knows nothing of images or of the method; see :mod:`dinoseg_core.io.imageio` for decoding.
 """
 
 from __future__ import annotations

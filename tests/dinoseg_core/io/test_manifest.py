@@ -11,7 +11,7 @@ import pytest
 
 from dinoseg_core.config import InsidConfig
 from dinoseg_core.errors import InputError, ObjectNotFoundError
-from dinoseg_core.manifest import (
+from dinoseg_core.io.manifest import (
     ConceptSpec,
     ReferencePair,
     concept_hash,

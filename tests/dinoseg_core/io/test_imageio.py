@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dinoseg_core import imageio, storage
+from dinoseg_core.io import imageio, storage
 from dinoseg_core.errors import ImageDecodeError, InputError, ObjectNotFoundError
 
 RNG = np.random.default_rng(0)

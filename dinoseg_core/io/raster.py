@@ -5,7 +5,7 @@ small frozen value (picklable: a flow can hand it to any worker); :func:`read_wi
 as the method's input, ``float32 (h, w, 3)`` in ``[0, 1]`` plus a ``bool (h, w)`` validity mask. Nothing here ever
 reads the whole scene at full resolution.
 
-Storage (same URL + ``storage_options`` as the rest of dinoseg, see :mod:`dinoseg_core.storage`):
+Storage (same URL + ``storage_options`` as the rest of dinoseg, see :mod:`dinoseg_core.io.storage`):
 
 - local paths and ``file://``: opened in place;
 - ``s3://``: GDAL's own ``/vsis3/`` driver (ranged reads, block cache), configured from ``storage_options``
@@ -54,7 +54,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from dinoseg_core import storage
+from dinoseg_core.io import storage
 from dinoseg_core.errors import ImageDecodeError, InputError, MissingDependencyError, ObjectNotFoundError, StorageError
 
 try:  # rasterio is the optional "geo" extra

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dinoseg_core import storage
+from dinoseg_core.io import storage
 from dinoseg_core.errors import InputError, MissingDependencyError, ObjectNotFoundError, StorageError
 
 

@@ -1,6 +1,6 @@
 """The Zarr v3 mask archive: one store that a nightly run fills incrementally and any number of readers browse.
 
-Storage adapter only (zarr + fsspec through :mod:`dinoseg_core.storage`); it knows nothing of the method. The
+Storage adapter only (zarr + fsspec through :mod:`dinoseg_core.io.storage`); it knows nothing of the method. The
 archive works on any URL zarr and fsspec can open: local paths, ``file://``, ``memory://``, ``s3://`` ...
 
 Layout (schema version 1)
@@ -87,7 +87,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from dinoseg_core import storage
+from dinoseg_core.io import storage
 from dinoseg_core.config import InsidConfig
 from dinoseg_core.errors import InputError, ObjectNotFoundError, StorageError
 
@@ -187,7 +187,7 @@ def _check_name(value: Any, what: str) -> str:
     if not isinstance(value, str) or not _NAME.match(value) or value.startswith("__"):
         raise InputError(
             f"{what} {value!r} is not a valid archive name: use 1-200 characters from A-Z a-z 0-9 . _ - starting "
-            f"with a letter or digit (for images, derive the key with dinoseg_core.archive.image_key(uri))"
+            f"with a letter or digit (for images, derive the key with dinoseg_core.io.archive.image_key(uri))"
         )
     return value
 
@@ -458,7 +458,7 @@ class MaskArchive:
 
         ``fill(group)`` receives the new version's open, writable ``zarr.Group`` and must create the uint8
         ``(H, W)`` array ``mask`` in it, chunk by chunk (e.g. with
-        :class:`dinoseg_core.geo.writer.ZarrMaskWriter`); arrays it adds beside it (georeferencing) are kept, and
+        :class:`dinoseg_core.io.maskwriter.ZarrMaskWriter`); arrays it adds beside it (georeferencing) are kept, and
         the dict it returns is merged into the provenance. The mask's sha256 is then computed by reading it back
         in bands of chunk rows (bounded memory), so :meth:`load` checks streamed masks like any other.
         """

@@ -29,7 +29,7 @@ Decompression bombs: Pillow refuses images over ``2 * PIL.Image.MAX_IMAGE_PIXELS
 small for remote-sensing scenes. Importing this module raises Pillow's process-wide limit to
 :data:`MAX_IMAGE_PIXELS` (2**30, e.g. 32768 x 32768, whose float32 decode needs ~12.9 GB) and this module itself
 refuses anything larger with an :class:`ImageDecodeError` that says how to proceed. Change the limit by
-assigning ``dinoseg_core.imageio.MAX_IMAGE_PIXELS``; tile larger scenes instead of decoding them whole.
+assigning ``dinoseg_core.io.imageio.MAX_IMAGE_PIXELS``; tile larger scenes instead of decoding them whole.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from dinoseg_core import storage
+from dinoseg_core.io import storage
 from dinoseg_core.errors import ImageDecodeError, InputError
 
 __all__ = [
@@ -94,7 +94,7 @@ def _open(data: bytes | bytearray | memoryview, name: str) -> Image.Image:
             if width * height > MAX_IMAGE_PIXELS:
                 raise ImageDecodeError(
                     f"{name}: {width}x{height} = {width * height} pixels exceeds the limit of {MAX_IMAGE_PIXELS} "
-                    "(dinoseg_core.imageio.MAX_IMAGE_PIXELS). Tile the scene, or raise the limit if memory allows "
+                    "(dinoseg_core.io.imageio.MAX_IMAGE_PIXELS). Tile the scene, or raise the limit if memory allows "
                     "(decoding needs 12 bytes per pixel)."
                 )
             if width == 0 or height == 0:
@@ -111,7 +111,7 @@ def _open(data: bytes | bytearray | memoryview, name: str) -> Image.Image:
         ) from exc
     except Image.DecompressionBombError as exc:
         raise ImageDecodeError(
-            f"{name}: {exc}. Raise dinoseg_core.imageio.MAX_IMAGE_PIXELS or tile the scene."
+            f"{name}: {exc}. Raise dinoseg_core.io.imageio.MAX_IMAGE_PIXELS or tile the scene."
         ) from exc
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError, struct.error) as exc:
         raise ImageDecodeError(
@@ -195,7 +195,7 @@ def read_image(url: str | os.PathLike[str], storage_options: dict[str, Any] | No
     """Read and decode the image at ``url``: ``float32 (H, W, 3)`` in ``[0, 1]`` (see :func:`decode_image`).
 
     Raises:
-        ObjectNotFoundError / StorageError: from :func:`dinoseg_core.storage.read_bytes`.
+        ObjectNotFoundError / StorageError: from :func:`dinoseg_core.io.storage.read_bytes`.
         ImageDecodeError: the object is not a readable image; the message names ``url``.
     """
     return decode_image(storage.read_bytes(url, storage_options), name=storage.display_url(url))
