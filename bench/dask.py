@@ -79,7 +79,8 @@ def main() -> None:
     try:
         write_collection(work, args.tiles, args.size)
         params = dict(references=f"{work}/refs.yaml", images=f"{work}/tiles/*.png", backbone=args.backbone,
-                      device="cpu", cache=f"{work}/cache", batch_size=args.batch_size, return_state=True)
+                      return_state=True)
+        run = dict(device="cpu", cache=f"{work}/cache", batch_size=args.batch_size)
         runs = 0
 
         def timed(label: str, layout: str, **extra) -> None:
@@ -87,7 +88,7 @@ def main() -> None:
             runs += 1
             load = os.getloadavg()[0]
             start = time.perf_counter()
-            state = label_collection(archive=f"{work}/a{runs}.zarr", **params, **extra)
+            state = label_collection(archive=f"{work}/a{runs}.zarr", **params, run={**run, **extra})
             wall = time.perf_counter() - start
             summary = state.result()
             assert summary["labelled"] == args.tiles, summary
@@ -96,7 +97,7 @@ def main() -> None:
 
         with prefect_test_harness(server_startup_timeout=120):  # Dask workers report to a real server
             # warm-up: server, reference embeddings and basis into the feature cache, the backbone in this process
-            label_collection(archive=f"{work}/warm.zarr", **{**params, "images": f"{work}/tiles/t_000.png*"})
+            label_collection(archive=f"{work}/warm.zarr", run=run, **{**params, "images": f"{work}/tiles/t_000.png*"})
             threads = torch.get_num_threads()
             timed("threads, workers=1", f"1 process x {threads} torch threads", workers=1)
             timed("threads, workers=2", f"1 process x {threads} torch threads", workers=2)

@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--backbone", default="random:dinov3-vits16@0")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=2, help="label batches at once (RunOptions.workers)")
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="dinoseg-bench-")
     try:
@@ -60,14 +61,14 @@ def main() -> None:
             result = seg.segment(refs, imageio.decode_image(data, url))
             archive.write_mask("roof", image_key(url), result.mask, attrs={
                 "source_uri": url, "source_sha256": hashlib.sha256(data).hexdigest(), "backbone": args.backbone,
-                "backbone_fingerprint": seg.backbone.fingerprint, "config": seg.config, "reference_set_hash": "x"})
+                "backbone_fingerprint": seg.backbone.fingerprint, "config": seg.config.to_dict(), "reference_set_hash": "x"})
         plain = time.perf_counter() - start
 
         # the flow (same process: the backbone is already loaded, as in a long-lived worker)
         from flows.labelling import label_collection
 
         params = dict(references=f"{work}/refs.yaml", images=f"{work}/tiles/*.png", backbone=args.backbone,
-                      cache=f"{work}/cache", batch_size=args.batch_size)
+                      run={"cache": f"{work}/cache", "batch_size": args.batch_size, "workers": args.workers})
         label_collection(archive=f"{work}/warm.zarr", **{**params, "images": f"{work}/tiles/t_000.png*"})  # server up
         start = time.perf_counter()
         state = label_collection(archive=f"{work}/flow.zarr", return_state=True, **params)

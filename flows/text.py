@@ -16,10 +16,7 @@ remote-sensing path (:mod:`dinoseg_core.geo`), which reads windows of the raster
 
 from __future__ import annotations
 
-import datetime as dt
 import re
-import time
-import uuid
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger
@@ -27,13 +24,11 @@ from prefect.artifacts import (
     create_markdown_artifact,
     create_table_artifact,
 )
-from prefect.runtime import flow_run
 from prefect.states import Completed
 from pydantic import Field
 
-from dinoseg_core.io import storage
-from dinoseg_core.io.archive import MaskArchive
 from dinoseg_core.errors import InputError
+from dinoseg_core.io import storage
 from dinoseg_core.ovseg import (
     OvsegConfig,
     SegHeadConfig,
@@ -41,26 +36,11 @@ from dinoseg_core.ovseg import (
     validate_class_names,
 )
 from dinoseg_core.ovseg.config import HeadOptions, OvsegOptions, TrainOptions
-from flows.labelling import (
-    DEFAULT_BATCH_SIZE,
-    _prefix,
-    finish_run,
-    run_jobs,
-    task_runner,
-)
-from tasks.labelling import list_images
-from tasks.text import (
-    DatasetLayout,
-    DatasetSpec,
-    TextModelSpec,
-    TextSettings,
-    evaluate_model,
-    label_text_batch,
-    prepare_classes,
-    train_head,
-)
+from flows.engine import RESULT_SERIALIZER, label
+from tasks.options import RunOptions
+from tasks.text import ClassSet, TextModelSpec, prepare_classes
+from tasks.training import DatasetLayout, DatasetSpec, evaluate_model, train_head
 
-RESULT_SERIALIZER = "json"
 _CONCEPT_PREFIX = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]{0,19})?$")
 
 
@@ -100,15 +80,9 @@ def label_with_text(
     bpe: str | None = None,
     backbone: str | None = None,
     head: str | None = None,
-    device: str | None = None,
-    dtype: Literal["float32", "bfloat16"] | None = None,
-    storage_options: dict[str, Any] | None = None,
     options: OvsegOptions | None = None,
-    force: bool = False,
-    save_similarity: bool = False,
     concept_prefix: str = "",
-    batch_size: int = Field(default=DEFAULT_BATCH_SIZE, ge=1),
-    workers: int = Field(default=2, ge=1),
+    run: RunOptions | None = None,
 ):
     """Segment classes named in text on every image of a collection, into a Zarr mask archive.
 
@@ -116,68 +90,47 @@ def label_with_text(
     ``"solar panel"`` -> ``solar_panel``) and one mask per image: the pixels where that class wins (the classes
     compete for every pixel). Masks record the dino.txt (or dinov3.seg) fingerprint, the inference config and the
     class-list digest, so a second run on the same inputs writes nothing; changing the class list, the templates
-    or the config relabels, ``force`` relabels everything.
+    or the config relabels, ``run.force`` relabels everything.
 
     Args:
         classes: the class names, a list or one comma-separated string (``"building,road,water"``).
-        images: glob pattern of the collection (``s3://lake/tiles/**/*.png``) or an explicit list of URLs.
+        images: the collection: a glob (``s3://lake/tiles/**/*.png``), a folder, a single file or a list of URLs.
         archive: URL of the Zarr mask archive (created if missing; may be shared with ``label_collection``).
         dinotxt: Meta's dino.txt head-and-text-encoder file (path or URL), or ``random:tiny`` for tests.
         bpe: CLIP's ``bpe_simple_vocab_16e6.txt.gz`` (required for Meta's weights).
         backbone: the DINOv3 ViT-L/16 backbone spec (required for Meta's weights, e.g. ``dinov3-vitl16``).
         head: a trained dinov3.seg head checkpoint (``train_ovss``); unset: zero-shot dino.txt.
-        storage_options: fsspec options for every URL (never logged).
         options: :class:`~dinoseg_core.ovseg.OvsegConfig` fields (windows, templates, background threshold...).
-        force: relabel everything, even masks that are up to date.
-        save_similarity: also store each class's probability map (float16, aggregation grid).
         concept_prefix: prepended to each class's concept name (e.g. ``text-``) to keep them apart from
             in-context concepts of the same name.
-        batch_size: images per task; workers: tasks at once in this process.
+        run: how the run runs (:class:`tasks.options.RunOptions`; ``save_similarity`` stores each class's
+            probability map).
     """
-    logger = get_run_logger()
-    started = time.perf_counter()
-    run_id = str(flow_run.get_id() or uuid.uuid4())
-    created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     names = _class_list(classes)  # duplicates and empty names fail here, before anything is loaded
     if not _CONCEPT_PREFIX.match(concept_prefix):
         raise InputError(f"concept_prefix={concept_prefix!r}: use up to 20 characters from A-Z a-z 0-9 . _ - "
                          "starting with a letter or digit, e.g. 'text-'")
     given = _options(options, OvsegConfig, "options")
-    MaskArchive.open(archive, storage_options, mode="a")  # fail fast on a foreign or unreadable archive
-    settings = TextSettings(
-        model=TextModelSpec(dinotxt, bpe, backbone, head, device, dtype),
-        archive_url=archive,
-        classes=names,
-        options=given,
-        storage_options=storage_options,
-        force=force,
-        save_similarity=save_similarity,
-        input_prefix=_prefix(images) if isinstance(images, str) else None,
-        concept_prefix=concept_prefix,
-    )
-    prepared = prepare_classes(settings)  # a prompt longer than the text context fails here
-    if prepared.is_random:
-        logger.warning("RANDOM WEIGHTS: %s is a random initialisation; the masks only check the pipeline.", dinotxt)
-    items = list_images(images, storage_options)
-    logger.info("%d image(s), %d class(es) (%s): %s", len(items), len(names), prepared.mode,
-                ", ".join(f"{n} -> {c}" for n, c in zip(prepared.names, prepared.concepts)))
 
-    batches = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
-    labelling_started = time.perf_counter()
-    outcomes = run_jobs(
-        task_runner(workers), label_text_batch,
-        [({"items": b, "prepared": prepared, "settings": settings}, [url for url, _ in b]) for b in batches],
-        f"dinoseg label-text: {len(items)} images",
-    )
-    concepts = dict(zip(prepared.names, prepared.concepts))
-    return finish_run(
-        outcomes, archive, storage_options, started, labelling_started, run_id,
-        {"flow": "label-with-text", "started": created, "classes": list(names),
-         "images": images if isinstance(images, str) else list(images), "dinotxt": dinotxt, "backbone": backbone,
-         "head": head, "mode": prepared.mode, "options": given, "force": force},
-        extra={"concepts": concepts}, title="dinoseg label-text summary",
-        extra_rows=[{"status": f"class {n}", "images": f"concept {c}"} for n, c in concepts.items()],
-    )
+    def prepare(run: RunOptions) -> ClassSet:
+        model = TextModelSpec(dinotxt, bpe, backbone, head, run.device, run.dtype)
+        class_set = prepare_classes(model, names, given, concept_prefix, run.storage_options)
+        logger = get_run_logger()
+        if class_set.is_random:
+            logger.warning("RANDOM WEIGHTS: %s is a random initialisation; the masks only check the pipeline.",
+                           dinotxt)
+        logger.info("%d class(es) (%s): %s", len(names), class_set.mode,
+                    ", ".join(f"{n} -> {c}" for n, c in zip(class_set.names, class_set.concepts)))
+        concepts.update(zip(class_set.names, class_set.concepts))
+        return class_set
+
+    concepts: dict[str, str] = {}
+    state = label(images, archive, run, prepare, {
+        "flow": "label-with-text", "classes": list(names), "dinotxt": dinotxt, "backbone": backbone, "head": head,
+        "options": given,
+    }, title="dinoseg label-text summary")
+    state.data["concepts"] = concepts
+    return state
 
 
 # ----------------------------------------------------------------------------------------------------------------

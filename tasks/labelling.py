@@ -1,150 +1,172 @@
-"""Tasks: find the images of a collection, and label a batch of them for every concept.
+"""The labelling engine's unit of work: ``label-batch``, for every labeller and every kind of item.
 
-``label_batch`` is the unit of work a worker runs: read (skipping what is up to date), extract each target's
-features once per feature configuration (one backbone pass for the batch), segment every concept from those
-features, write each mask with its provenance. A bad image fails alone; a transient storage error retries the
-batch, and what was already written is skipped on the retry.
+A job is (items of a source) x (a labeller) -> archive records. For each item the batch decides, with the one
+freshness rule (:func:`tasks.freshness.relabel_reason`), which concepts are out of date: first by its listing
+stamp (no read at all when everything is up to date), then by the sha256 of its bytes. Out-of-date tiles are
+decoded and handed to the labeller together (one backbone pass for the batch); a scene is handed over alone and
+read window by window. A bad item fails alone, with its reason; a transient storage error retries the batch, and
+what was already written is skipped on the retry.
+
+A labeller (:class:`Labeller`) is a small picklable value that knows its concepts, what each concept's masks depend
+on (:class:`~tasks.freshness.MethodStamp`) and how to segment and write them; its heavy objects (models, embedded
+references) live in the worker process (:mod:`tasks.runtime`). Two exist: an INSID3 concept set
+(:class:`tasks.concepts.ConceptSet`) and a text class set (:class:`tasks.text.ClassSet`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
 
+import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from dinoseg_core.errors import InputError, ObjectNotFoundError
 from dinoseg_core.io import imageio, storage
-from dinoseg_core.io.archive import MaskArchive, config_digest, image_key
-from dinoseg_core.errors import InputError, ObjectNotFoundError, StorageError
-from tasks import runtime
+from dinoseg_core.io.archive import MaskArchive, image_key
+from tasks.freshness import MethodStamp, relabel_reason
+from tasks.options import RunOptions
 from tasks.retry import STORAGE_RETRIES
-from tasks.settings import ImageOutcome, LabelSettings, PreparedConcept
+from tasks.sources import ItemKind, WorkItem
 
-log = logging.getLogger("dinoseg.tasks")
-
-#: Errors that belong to one image and will not go away on a retry.
+#: Errors that belong to one item and will not go away on a retry.
 PERMANENT = (InputError, ObjectNotFoundError)
+#: Bytes per read when hashing a scene (bounded memory for scenes of many GB).
+HASH_BLOCK = 16 * 2**20
 
 
-@task(name="list-images", cache_policy=NO_CACHE, **STORAGE_RETRIES)
-def list_images(images: str | Sequence[str], storage_options: dict | None = None) -> list[tuple[str, str | None]]:
-    """(url, stamp) of every image: a glob pattern is listed (stamps come with the listing, no extra request);
-    an explicit list is taken as is (stamp None: the image is read to be hashed)."""
-    if isinstance(images, str):
-        if not any(ch in images for ch in "*?["):
-            raise InputError(f"images={images!r} is not a glob pattern; give e.g. 's3://bucket/tiles/**/*.png'")
-        found = storage.glob_stamped(images, storage_options)
-        if not found:
-            raise InputError(f"images={images!r} matches no object")
-        return found
-    return [(url, None) for url in dict.fromkeys(images)]
+@dataclass(frozen=True)
+class LabelJob:
+    """What every batch of a run shares besides the labeller: the archive, the collection's prefix (image keys
+    are relative to it) and the run options."""
+
+    archive_url: str
+    input_prefix: str | None
+    run: RunOptions
 
 
-def _archive(settings: LabelSettings) -> MaskArchive:
-    return MaskArchive.open(settings.archive_url, settings.storage_options, mode="a")
+@dataclass(frozen=True)
+class ImageOutcome:
+    """What happened to one item: ``labelled`` (some concept written), ``skipped`` (all up to date) or
+    ``failed`` (with the reason)."""
+
+    uri: str
+    status: str
+    concepts: tuple[str, ...] = ()
+    seconds: float = 0.0
+    reason: str | None = None
 
 
-def _outdated(archive, key, concepts, fingerprint, *, sha=None, stamp=None, force=False):
-    """Concepts whose mask must be (re)written. Before the image is read, its listing stamp stands in for
-    the sha256 (an unchanged stamp means unchanged bytes); once read, the sha256 decides."""
-    if force:
-        return list(concepts)
-    todo = []
-    for concept in concepts:
-        record = archive.mask_record(concept.name, key)
-        if record is None:
-            todo.append(concept)
-            continue
-        same_source = record.get("source_sha256") == sha if sha is not None else record.get("source_stamp") == stamp
-        same_method = (record.get("backbone_fingerprint"), record.get("config_digest"), record.get("reference_set_hash")) == (
-            fingerprint, config_digest(concept.config), concept.reference_set_hash
-        )
-        if not (same_source and same_method):
-            todo.append(concept)
-    return todo
+@dataclass
+class Pending:
+    """An item with concepts to (re)write: its archive key, source identity, the concepts to write, and for a
+    tile the decoded image (float32 (H, W, 3) in [0, 1]; None for a scene, which is read window by window)."""
+
+    item: WorkItem
+    key: str
+    sha256: str
+    stamp: str
+    todo: tuple[str, ...]
+    image: np.ndarray | None
+    started: float
+    read_seconds: float = 0.0
+
+    @property
+    def url(self) -> str:
+        return self.item.url
+
+    def source_attrs(self) -> dict[str, Any]:
+        """The provenance of the source, common to every mask written for this item."""
+        return {"source_uri": self.url, "source_sha256": self.sha256, "source_stamp": self.stamp}
 
 
-@task(name="label-batch", cache_policy=NO_CACHE, task_run_name="label-{items[0][0]}+", **STORAGE_RETRIES)
-def label_batch(
-    items: list[tuple[str, str | None]], concepts: list[PreparedConcept], settings: LabelSettings
-) -> list[ImageOutcome]:
-    """Label ``items`` ((url, stamp) pairs) for every concept; returns one outcome per image."""
-    so = settings.storage_options
-    archive = _archive(settings)
-    cache = settings.cache()
-    segmenters = {c.name: runtime.segmenter(settings.backbone, c.config, so, cache) for c in concepts}
-    model = next(iter(segmenters.values())).backbone
+class Labeller(Protocol):
+    """What the engine needs of a labeller. ``scenes``: whether scene items go through :meth:`label_scene`
+    (windowed); otherwise they are decoded whole like tiles."""
+
+    scenes: bool
+
+    def methods(self, kind: ItemKind) -> dict[str, MethodStamp]:
+        """Concept -> what its masks of an item of this kind depend on (and record as provenance)."""
+
+    def label_tiles(self, tiles: list[Pending], archive: MaskArchive, job: LabelJob
+                    ) -> Iterator[tuple[Pending, tuple[str, ...] | Exception]]:
+        """Segment and write the concepts each tile needs; yields each tile with the concepts written, or with
+        the permanent error that failed it (transient errors propagate: the batch is retried)."""
+
+    def label_scene(self, scene: Pending, archive: MaskArchive, job: LabelJob) -> tuple[str, ...]:
+        """Segment and write the concepts one scene needs, window by window; returns the concepts written."""
+
+
+@task(name="label-batch", cache_policy=NO_CACHE, task_run_name="label-{items[0].url}+", **STORAGE_RETRIES)
+def label_batch(items: list[WorkItem], labeller: Labeller, job: LabelJob) -> list[ImageOutcome]:
+    """Label ``items`` with ``labeller`` into the job's archive; returns one outcome per item, in order."""
+    archive = MaskArchive.open(job.archive_url, job.run.storage_options, mode="a")
     outcomes: dict[str, ImageOutcome] = {}
-    pending = []  # (url, key, sha, stamp, image, todo, started)
-    for url, stamp in items:
+    tiles: list[Pending] = []
+    for item in items:
         started = time.perf_counter()
-        key = image_key(url, settings.input_prefix)
         try:
-            if stamp is not None and not _outdated(archive, key, concepts, model.fingerprint, stamp=stamp,
-                                                   force=settings.force):
-                outcomes[url] = ImageOutcome(url, "skipped", seconds=time.perf_counter() - started)
-                continue
-            data = storage.read_bytes(url, so)
-            sha = hashlib.sha256(data).hexdigest()
-            todo = _outdated(archive, key, concepts, model.fingerprint, sha=sha, force=settings.force)
-            if not todo:
-                outcomes[url] = ImageOutcome(url, "skipped", seconds=time.perf_counter() - started)
-                continue
-            stamp = stamp or storage.stat_stamp(url, so)
-            pending.append((url, key, sha, stamp, imageio.decode_image(data, url), todo, started))
+            pending = _out_of_date(item, labeller, archive, job, started)
+            if pending is None:
+                outcomes[item.url] = ImageOutcome(item.url, "skipped", seconds=time.perf_counter() - started)
+            elif pending.image is None:
+                written = labeller.label_scene(pending, archive, job)
+                outcomes[item.url] = ImageOutcome(item.url, "labelled", written, time.perf_counter() - started)
+            else:
+                tiles.append(pending)
         except PERMANENT as exc:
-            outcomes[url] = ImageOutcome(url, "failed", seconds=time.perf_counter() - started, reason=str(exc))
-
-    # one backbone pass per batch and feature configuration; every concept of that configuration reuses it
-    failed: set[str] = set()
-    written: dict[str, list[str]] = {}
-    # the backbone work holds a slot of the run's concurrency limit, if any (one batch per slot)
-    with runtime.backbone_slot(settings.concurrency_limit if pending else None):
-        for fkey in dict.fromkeys(runtime.feature_key(c.config) for c in concepts):
-            group = [p for p in pending
-                     if p[0] not in failed and any(runtime.feature_key(c.config) == fkey for c in p[5])]
-            if not group:
-                continue
-            seg = next(segmenters[c.name] for c in concepts if runtime.feature_key(c.config) == fkey)
-            try:
-                features = seg.extract_targets([p[4] for p in group], [p[0] for p in group])
-            except PERMANENT:
-                features = [None] * len(group)  # one bad image: extract one by one to isolate it
-            for (url, key, sha, stamp, image, todo, started), target in zip(group, features):
-                try:
-                    target = target or seg.extract_target(image, url)
-                    for concept in (c for c in todo if runtime.feature_key(c.config) == fkey):
-                        refs = runtime.reference_set(concept.reference_key, cache, model.device)
-                        if refs is None:
-                            raise StorageError(f"reference set of concept {concept.name!r} missing from {cache.url}")
-                        result = segmenters[concept.name].segment_features(refs, target, concept.config)
-                        archive.write_mask(
-                            concept.name, key, result.mask,
-                            attrs=_provenance(url, sha, stamp, model, concept, result.timings),
-                            similarity=result.similarity if settings.save_similarity else None,
-                        )
-                        written.setdefault(url, []).append(concept.name)
-                except PERMANENT as exc:
-                    failed.add(url)
-                    outcomes[url] = ImageOutcome(url, "failed", seconds=time.perf_counter() - started, reason=str(exc))
-    for url, key, sha, stamp, image, todo, started in pending:
-        if url not in failed:
-            outcomes[url] = ImageOutcome(url, "labelled", tuple(written.get(url, ())), time.perf_counter() - started)
-    return [outcomes[url] for url, _ in items]
+            outcomes[item.url] = _failed(item.url, started, exc)
+    for tile, result in labeller.label_tiles(tiles, archive, job):
+        if isinstance(result, Exception):
+            outcomes[tile.url] = _failed(tile.url, tile.started, result)
+        else:
+            outcomes[tile.url] = ImageOutcome(tile.url, "labelled", result, time.perf_counter() - tile.started)
+    return [outcomes[item.url] for item in items]
 
 
-def _provenance(url, sha, stamp, model, concept, timings) -> dict:
-    return {
-        "source_uri": url,
-        "source_sha256": sha,
-        "source_stamp": stamp,
-        "backbone": model.spec,
-        "backbone_fingerprint": model.fingerprint,
-        "backbone_random": model.is_random,
-        "config": concept.config.to_dict(),
-        "reference_set_hash": concept.reference_set_hash,
-        "timings": {k: round(v, 4) for k, v in timings.items()},
-    }
+def _failed(url: str, started: float, exc: Exception) -> ImageOutcome:
+    return ImageOutcome(url, "failed", seconds=time.perf_counter() - started, reason=str(exc))
+
+
+def _out_of_date(item: WorkItem, labeller: Labeller, archive: MaskArchive, job: LabelJob, started: float
+                 ) -> Pending | None:
+    """The item with the concepts to write, read as far as its labeller needs; None when all are up to date.
+    The listing stamp decides without a read when nothing changed; otherwise the sha256 of the bytes does."""
+    so, force = job.run.storage_options, job.run.force
+    kind: ItemKind = item.kind if labeller.scenes else "tile"
+    methods = labeller.methods(kind)
+    key = image_key(item.url, job.input_prefix)
+    records = archive.mask_records([(concept, key) for concept in methods])
+    if item.stamp is not None and not any(
+        relabel_reason(records[c, key], m, stamp=item.stamp, force=force) for c, m in methods.items()
+    ):
+        return None
+    if kind == "scene":
+        data, sha = None, object_sha256(item.url, so)
+    else:
+        data = storage.read_bytes(item.url, so)
+        sha = hashlib.sha256(data).hexdigest()
+    todo = tuple(c for c, m in methods.items() if relabel_reason(records[c, key], m, sha256=sha, force=force))
+    if not todo:
+        return None
+    stamp = item.stamp or storage.stat_stamp(item.url, so)
+    image = imageio.decode_image(data, item.url) if data is not None else None
+    return Pending(item, key, sha, stamp, todo, image, started, read_seconds=time.perf_counter() - started)
+
+
+def object_sha256(url: str, storage_options: dict | None) -> str:
+    """sha256 of an object read in blocks (bounded memory for scenes of many GB)."""
+    fs, path = storage.url_to_fs(url, storage_options)
+    digest = hashlib.sha256()
+    try:
+        with fs.open(path, "rb") as handle:
+            while block := handle.read(HASH_BLOCK):
+                digest.update(block)
+    except FileNotFoundError as exc:
+        raise ObjectNotFoundError(f"Cannot read {storage.display_url(url)}: no such object") from exc
+    return digest.hexdigest()

@@ -41,3 +41,18 @@ def artifacts_of(state) -> list[dict]:
     response = httpx.post(f"{PREFECT_API_URL.value()}/artifacts/filter", json=body)
     response.raise_for_status()
     return response.json()
+
+
+def concept_set(root: str, method: dict | None = None, cache: str | None = None, bands=None):
+    """The INSID3 labeller of ``root/refs.yaml`` on the tiny backbone (prepared through ``task.fn``)."""
+    from dinoseg_core.io.manifest import load_manifest
+    from tasks import runtime
+    from tasks.concepts import ConceptSet, prepare_concept
+    from tasks.options import RunOptions
+    from tasks.runtime import BackboneSpec
+
+    spec, run = BackboneSpec(TINY, device="cpu"), RunOptions(cache=cache)
+    manifest = load_manifest(f"{root}/refs.yaml")
+    concepts = tuple(prepare_concept.fn(manifest, name, spec, method, bands, run) for name in manifest.concepts)
+    model = runtime.backbone(spec)
+    return ConceptSet(spec, model.fingerprint, model.is_random, concepts, bands=bands, cache_url=cache)

@@ -21,7 +21,8 @@ Layout (schema version 1)
     <archive>/runs/<run_id>/                         group; attrs = the run log (start/end, counts, failures, ...)
 
 Provenance attributes of a record and of its version group: ``source_uri``, ``source_sha256``, ``concept``,
-``image_key``, ``backbone`` (spec), ``backbone_fingerprint``, ``config`` (the InsidConfig dict),
+``image_key``, ``backbone`` (spec), ``backbone_fingerprint``, ``config`` (the method's config as a dict: INSID3 fields, plus the windowing and bands for scenes, or the
+open-vocabulary config for text classes),
 ``config_digest``, ``reference_set_hash``, ``dinoseg_version``, ``created``, ``status`` ("complete"),
 ``version``, ``group`` (path of the version group inside the archive), ``shape`` ([H, W]), ``mask_sha256``
 (sha256 of the uint8 0/255 C-order bytes), ``similarity_shape`` ([h, w] or null), plus any extra keys the caller
@@ -88,7 +89,6 @@ from typing import Any, Literal
 import numpy as np
 
 from dinoseg_core.io import storage
-from dinoseg_core.config import InsidConfig
 from dinoseg_core.errors import InputError, ObjectNotFoundError, StorageError
 
 __all__ = [
@@ -139,12 +139,12 @@ def _utcnow() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def config_digest(config: InsidConfig | Mapping[str, Any]) -> str:
-    """sha256 of an INSID3 config, equal to :meth:`InsidConfig.digest` for ``InsidConfig`` and its ``to_dict()``."""
-    if isinstance(config, InsidConfig):
-        return config.digest()
+def config_digest(config: Mapping[str, Any]) -> str:
+    """sha256 of a mask's ``config`` attribute (JSON, sorted keys): what the archive records as ``config_digest``.
+    For an INSID3 config it equals ``InsidConfig.digest()`` of the same fields."""
     if not isinstance(config, Mapping):
-        raise InputError(f"config must be an InsidConfig or a dict, got {type(config).__name__}")
+        raise InputError(f"config must be a dict (the method's config as written in provenance), got "
+                         f"{type(config).__name__}; pass config.to_dict()")
     return hashlib.sha256(json.dumps(_jsonable(dict(config), "config"), sort_keys=True).encode()).hexdigest()
 
 
@@ -420,7 +420,7 @@ class MaskArchive:
             image_key: key of the source image, from :func:`image_key`.
             mask: bool (H, W) at the image's original size; stored as uint8 0/255.
             attrs: provenance; must hold ``source_uri``, ``source_sha256``, ``backbone``,
-                ``backbone_fingerprint``, ``config`` (InsidConfig or its dict), ``reference_set_hash``; any
+                ``backbone_fingerprint``, ``config`` (the method's config, a dict), ``reference_set_hash``; any
                 other JSON-able keys are kept. The archive sets ``concept``, ``image_key``, ``config_digest``,
                 ``dinoseg_version``, ``created``, ``status``, ``version``, ``group``, ``shape``,
                 ``mask_sha256`` and ``similarity_shape``.
@@ -502,7 +502,8 @@ class MaskArchive:
         record = _jsonable(dict(attrs), "attrs")
         if not isinstance(record["config"], dict):
             raise InputError(
-                f"attrs['config'] must be an InsidConfig or its dict, got {type(attrs['config']).__name__}"
+                f"attrs['config'] must be the method's config as a dict (config.to_dict()), got "
+                f"{type(attrs['config']).__name__}"
             )
         record.update(
             concept=concept,
@@ -576,24 +577,6 @@ class MaskArchive:
                 shown = storage.display_url(self._url("masks", concept, key, version))
                 raise StorageError(f"Cannot delete {shown}: {exc}") from exc
 
-    def delete_mask(self, concept: str, image_key: str) -> bool:
-        """Remove the mask of ``concept`` for ``image_key`` (record first, so readers never see a broken one).
-        Returns whether there was one."""
-        self._check_writable()
-        _check_name(concept, "concept")
-        _check_name(image_key, "image_key")
-        sub = f"masks/{concept}/{image_key}"
-        existed = bool(self._read_records([sub]))
-        try:
-            self._fs.rm(self._path(sub, "zarr.json"))
-        except FileNotFoundError:
-            pass
-        try:
-            self._fs.rm(self._path(sub), recursive=True)
-        except FileNotFoundError:
-            pass
-        return existed
-
     # ------------------------------------------------------------------------------------------- reading
     def mask_record(self, concept: str, image_key: str) -> dict[str, Any] | None:
         """Provenance attributes of the complete mask of ``concept`` for ``image_key``; None when absent (never
@@ -603,13 +586,19 @@ class MaskArchive:
         sub = f"masks/{concept}/{image_key}"
         return self._read_records([sub]).get(sub)
 
+    def mask_records(self, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any] | None]:
+        """:meth:`mask_record` of many ``(concept, image_key)`` pairs in one batched read (concurrent requests on
+        object stores): what an incremental run reads to decide what is up to date."""
+        subs = {(c, k): f"masks/{_check_name(c, 'concept')}/{_check_name(k, 'image_key')}" for c, k in pairs}
+        found = self._read_records(list(subs.values()))
+        return {pair: found.get(sub) for pair, sub in subs.items()}
+
     def list_concepts(self) -> list[str]:
         """Concepts with at least a group in the archive, sorted."""
         return [name for name in self._list_dirs("masks") if _NAME.match(name)]
 
     def records(self, concept: str) -> dict[str, dict[str, Any]]:
-        """``{image_key: record}`` of every complete mask of ``concept``: one listing and one batched read,
-        for incremental decisions over many images (pass each to :meth:`labelling_reason` as ``record``)."""
+        """``{image_key: record}`` of every complete mask of ``concept``: one listing and one batched read."""
         _check_name(concept, "concept")
         keys = self._list_dirs(f"masks/{concept}")
         found = self._read_records([f"masks/{concept}/{key}" for key in keys])
@@ -624,48 +613,6 @@ class MaskArchive:
             records = self._read_records([f"masks/{name}/{key}" for key in keys])
             out.extend((name, key) for key in keys if f"masks/{name}/{key}" in records)
         return sorted(out)
-
-    def labelling_reason(
-        self,
-        concept: str,
-        image_key: str,
-        source_sha256: str,
-        backbone_fingerprint: str,
-        config_digest: str,
-        reference_set_hash: str,
-        record: Mapping[str, Any] | None = None,
-    ) -> str | None:
-        """Why the image must be (re)labelled, or None when its complete mask is up to date.
-
-        Reasons: ``"no mask"``, ``"source changed"``, ``"backbone changed"``, ``"config changed"``,
-        ``"reference set changed"``. Pass ``record`` to reuse one already read. ``force`` is the caller's.
-        """
-        rec = record if record is not None else self.mask_record(concept, image_key)
-        if rec is None:
-            return "no mask"
-        for field, wanted, reason in (
-            ("source_sha256", source_sha256, "source changed"),
-            ("backbone_fingerprint", backbone_fingerprint, "backbone changed"),
-            ("config_digest", config_digest, "config changed"),
-            ("reference_set_hash", reference_set_hash, "reference set changed"),
-        ):
-            if rec.get(field) != wanted:
-                return reason
-        return None
-
-    def needs_labelling(
-        self,
-        concept: str,
-        image_key: str,
-        source_sha256: str,
-        backbone_fingerprint: str,
-        config_digest: str,
-        reference_set_hash: str,
-    ) -> bool:
-        """True when there is no complete mask or any of the four inputs differs from the one it was made with."""
-        return self.labelling_reason(
-            concept, image_key, source_sha256, backbone_fingerprint, config_digest, reference_set_hash
-        ) is not None
 
     def load(self, concept: str, image_key: str, *, similarity: bool = False, attempts: int = 6) -> StoredMask:
         """Read the current mask (and optionally similarity) together with the record it belongs to.
@@ -720,10 +667,6 @@ class MaskArchive:
     def read_mask(self, concept: str, image_key: str) -> np.ndarray:
         """The current mask as bool (H, W). Raises ObjectNotFoundError when there is none."""
         return self.load(concept, image_key).mask
-
-    def read_similarity(self, concept: str, image_key: str) -> np.ndarray | None:
-        """The stored patch-grid similarity as float32 (h, w), None when the mask was written without one."""
-        return self.load(concept, image_key, similarity=True).similarity
 
     # ------------------------------------------------------------------------------------------ run logs
     def write_run_log(self, run_id: str, record: Mapping[str, Any]) -> None:

@@ -110,16 +110,16 @@ def test_deploy_run_and_fail_through_a_worker(prefect_server, s3_server, tmp_pat
         commands.wait(deploy)
         assert "remote-file-system/dinoseg-results" in commands.wait(results)
 
-        common = {"backbone": TINY, "device": "cpu", "storage_options": so, "cache": f"{bucket}/cache"}
+        run = {"device": "cpu", "storage_options": so, "cache": f"{bucket}/cache"}
         good = deployment_run(commands, "label-collection/on-demand", {
             "references": f"{bucket}/lake/refs.yaml", "images": f"{bucket}/lake/tiles/*.png",
-            "archive": f"{bucket}/masks.zarr", "batch_size": 2, **common})
+            "archive": f"{bucket}/masks.zarr", "backbone": TINY, "run": {**run, "batch_size": 2}})
         bad = deployment_run(commands, "label-collection/on-demand", {
             "references": f"{bucket}/lake/no-such-manifest.yaml", "images": f"{bucket}/lake/tiles/*.png",
-            "archive": f"{bucket}/bad.zarr", **common})
+            "archive": f"{bucket}/bad.zarr", "backbone": TINY, "run": run})
         ill_typed = deployment_run(commands, "label-collection/on-demand", {
             "references": f"{bucket}/lake/refs.yaml", "images": f"{bucket}/lake/tiles/*.png",
-            "archive": f"{bucket}/masks.zarr", "batch_size": "eight"})
+            "archive": f"{bucket}/masks.zarr", "run": {"batch_size": "eight"}})
         good_id, bad_id = (re.search(r"UUID: ([0-9a-f-]{36})", commands.wait(p)).group(1) for p in (good, bad))
         out, _ = ill_typed.communicate(timeout=120)
         assert ill_typed.returncode != 0 and "batch_size" in out, out  # refused: no run is created
@@ -160,7 +160,7 @@ def test_deploy_run_and_fail_through_a_worker(prefect_server, s3_server, tmp_pat
         gpu = deployed["label-collection/gpu-nightly"]
         assert gpu["global_concurrency_limit"]["limit"] == 1
         assert gpu["concurrency_options"]["collision_strategy"] == "ENQUEUE"
-        assert gpu["parameters"]["concurrency_limit"] == "gpu"
+        assert gpu["parameters"]["run"]["concurrency_limit"] == "gpu"
         assert gpu["job_variables"]["env"]["DINOSEG_CHECKOUT"] == "/opt/dinoseg"
     finally:
         if worker is not None:

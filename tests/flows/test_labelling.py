@@ -13,8 +13,11 @@ from flows.labelling import label_collection, segment_images
 from tests.pipeline_data import TINY, artifacts_of, write_collection
 
 
-def run(**params):
-    return label_collection(backbone=TINY, device="cpu", return_state=True, **params)
+def run(*, cache=None, **params):
+    """label_collection on the tiny backbone; run options (cache, storage_options, ...) are given flat here."""
+    options = {k: params.pop(k) for k in ("storage_options", "save_similarity", "force") if k in params}
+    return label_collection(backbone=TINY, run={"device": "cpu", "cache": cache, **options}, return_state=True,
+                            **params)
 
 
 def test_label_collection_completes_then_skips(tmp_path):
@@ -64,7 +67,7 @@ def test_segment_images_takes_an_explicit_list(tmp_path):
     root = str(tmp_path / "bucket")
     urls = write_collection(root, tiles=3)
     state = segment_images(references=f"{root}/refs.yaml", images=urls[:2], archive=str(tmp_path / "a.zarr"),
-                           backbone=TINY, device="cpu", return_state=True)
+                           backbone=TINY, run={"device": "cpu"}, return_state=True)
     assert state.is_completed() and state.result()["labelled"] == 2
 
 
@@ -99,3 +102,27 @@ def test_the_label_and_preview_commands(tmp_path, capsys):
     assert {archive.mask_record(c, k)["config"]["tau"] for c, k in archive.list_masks()} == {0.8}
     assert cli(["preview", "--archive", str(tmp_path / "a.zarr"), "--concept", "water", "--out", str(tmp_path / "pv")]) == 0
     assert len(list((tmp_path / "pv").iterdir())) == 2
+
+
+@pytest.mark.slow
+def test_one_run_labels_tiles_and_a_scene_from_a_folder(tmp_path):
+    """A folder holding PNG tiles and a GeoTIFF: the tiles go through the batched tile path, the scene through
+    the windowed path (a streamed, georeferenced mask), in one run; a single file is a collection too."""
+    from dinoseg_core.geo.synthetic import write_synthetic_geotiff
+
+    root = str(tmp_path / "bucket")
+    write_collection(root, tiles=2)
+    write_synthetic_geotiff(tmp_path / "bucket" / "tiles" / "scene.tif", (300, 200), tile=128, seed=3)
+    params = dict(references=f"{root}/refs.yaml", archive=str(tmp_path / "a.zarr"),
+                  scene={"window_size": 128, "overlap": 32}, cache=str(tmp_path / "cache"))
+    state = run(images=f"{root}/tiles", **params)
+    assert state.is_completed(), state.message
+    assert state.result()["labelled"] == 3
+    archive = MaskArchive.open(params["archive"], mode="r")
+    records = {key: archive.mask_record("roof", key) for _, key in archive.list_masks("roof")}
+    scene_key = next(key for key in records if key.startswith("scene.tif"))
+    assert records[scene_key]["proj:code"] == "EPSG:32633" and records[scene_key]["shape"] == [300, 200]
+    assert records[scene_key]["config"]["scene"]["window_size"] == 128 and "scene_windows" in records[scene_key]
+    assert all("scene" not in r["config"] for k, r in records.items() if k != scene_key)
+    again = run(images=f"{root}/tiles/scene.tif", **params)  # one file: the same key, up to date
+    assert again.is_completed() and again.result()["skipped"] == 1

@@ -50,8 +50,9 @@ def write_dataset(root: str, n: int, seed: int, size: int = 64) -> str:
     return root
 
 
-def label(**params):
-    return label_with_text(dinotxt=TINY, device="cpu", options=OPTIONS, return_state=True, **params)
+def label(*, batch_size=8, **params):
+    return label_with_text(dinotxt=TINY, options=OPTIONS, run={"device": "cpu", "batch_size": batch_size},
+                           return_state=True, **params)
 
 
 def test_label_with_text_writes_masks_a_user_reads_back_then_skips(tmp_path):

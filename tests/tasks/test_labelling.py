@@ -1,5 +1,7 @@
-"""Task logic without the Prefect engine (``task.fn``): incremental decisions, provenance, failures."""
+"""The engine's label-batch with the INSID3 labeller, without the Prefect engine (``task.fn``): incremental
+decisions, provenance, failures, concurrent writers."""
 
+import dataclasses
 import os
 
 import numpy as np
@@ -7,25 +9,24 @@ import pytest
 
 from dinoseg_core.io import imageio, storage
 from dinoseg_core.io.archive import MaskArchive, image_key
-from dinoseg_core.io.manifest import load_manifest
-from tasks.labelling import label_batch, list_images
-from tasks.references import prepare_concept
-from tasks.runtime import BackboneSpec
-from tasks.settings import LabelSettings
-from tests.pipeline_data import TINY, write_collection
+from tasks.labelling import LabelJob, label_batch
+from tasks.options import RunOptions
+from tasks.sources import WorkItem, list_images
+from tests.pipeline_data import TINY, concept_set, write_collection
 
 
 @pytest.fixture
 def collection(tmp_path):
+    """(root, job, labeller): four tiles, two concepts, an empty archive."""
     root = str(tmp_path / "bucket")
     write_collection(root)
-    settings = LabelSettings(
-        backbone=BackboneSpec(TINY, device="cpu"), archive_url=str(tmp_path / "masks.zarr"),
-        cache_url=str(tmp_path / "cache"), input_prefix=f"{root}/tiles",
-    )
-    manifest = load_manifest(f"{root}/refs.yaml")
-    concepts = [prepare_concept.fn(manifest, name, settings) for name in manifest.concepts]
-    return root, settings, manifest, concepts
+    cache = str(tmp_path / "cache")
+    job = LabelJob(str(tmp_path / "masks.zarr"), f"{root}/tiles", RunOptions(cache=cache))
+    return root, job, concept_set(root, cache=cache)
+
+
+def with_run(job: LabelJob, **changes) -> LabelJob:
+    return LabelJob(job.archive_url, job.input_prefix, job.run.model_copy(update=changes))
 
 
 def snapshot(path):
@@ -34,69 +35,70 @@ def snapshot(path):
 
 
 def test_labels_then_skips_without_writing(collection, tmp_path):
-    root, settings, _, concepts = collection
+    root, job, labeller = collection
     items = list_images.fn(f"{root}/tiles/*.png")
-    assert len(items) == 4 and all(stamp for _, stamp in items)
-    first = label_batch.fn(items, concepts, settings)
+    assert len(items) == 4 and all(item.stamp and item.kind == "tile" for item in items)
+    first = label_batch.fn(items, labeller, job)
     assert [o.status for o in first] == ["labelled"] * 4 and all(o.concepts == ("roof", "water") for o in first)
-    archive = MaskArchive.open(settings.archive_url, mode="r")
+    archive = MaskArchive.open(job.archive_url, mode="r")
     assert len(archive.list_masks()) == 8
-    record = archive.mask_record("roof", image_key(items[0][0], settings.input_prefix))
-    assert record["source_uri"] == items[0][0] and record["backbone"] == TINY and record["config"]["tau"] == 0.9
-    assert record["reference_set_hash"] == concepts[0].reference_set_hash
+    record = archive.mask_record("roof", image_key(items[0].url, job.input_prefix))
+    assert record["source_uri"] == items[0].url and record["backbone"] == TINY and record["config"]["tau"] == 0.9
+    assert record["reference_set_hash"] == labeller.concepts[0].reference_set_hash
+    assert record["backbone_random"] is True and record["source_stamp"] == items[0].stamp
 
-    before = snapshot(settings.archive_url)
-    second = label_batch.fn(items, concepts, settings)
+    before = snapshot(job.archive_url)
+    second = label_batch.fn(items, labeller, job)
     assert [o.status for o in second] == ["skipped"] * 4
-    assert snapshot(settings.archive_url) == before
+    assert snapshot(job.archive_url) == before
     # an explicit list has no stamps: images are read and hashed, and still skipped
-    assert {o.status for o in label_batch.fn([(u, None) for u, _ in items], concepts, settings)} == {"skipped"}
-    assert snapshot(settings.archive_url) == before
+    unstamped = [WorkItem(item.url) for item in items]
+    assert {o.status for o in label_batch.fn(unstamped, labeller, job)} == {"skipped"}
+    assert snapshot(job.archive_url) == before
 
 
 def test_a_changed_image_relabels_only_that_image(collection):
-    root, settings, _, concepts = collection
+    root, job, labeller = collection
     items = list_images.fn(f"{root}/tiles/*.png")
-    label_batch.fn(items, concepts, settings)
-    image = imageio.read_image(items[1][0])
-    imageio.write_image_png(items[1][0], image[::-1].copy())  # new content, new sha256
-    outcomes = label_batch.fn(list_images.fn(f"{root}/tiles/*.png"), concepts, settings)
+    label_batch.fn(items, labeller, job)
+    image = imageio.read_image(items[1].url)
+    imageio.write_image_png(items[1].url, image[::-1].copy())  # new content, new sha256
+    outcomes = label_batch.fn(list_images.fn(f"{root}/tiles/*.png"), labeller, job)
     assert [o.status for o in outcomes] == ["skipped", "labelled", "skipped", "skipped"]
 
 
 def test_touched_but_unchanged_image_is_not_relabelled(collection):
-    root, settings, _, concepts = collection
+    root, job, labeller = collection
     items = list_images.fn(f"{root}/tiles/*.png")
-    label_batch.fn(items, concepts, settings)
-    data = storage.read_bytes(items[2][0])
-    storage.write_bytes(items[2][0], data)  # new mtime, same bytes
-    outcomes = label_batch.fn(list_images.fn(f"{root}/tiles/*.png"), concepts, settings)
+    label_batch.fn(items, labeller, job)
+    data = storage.read_bytes(items[2].url)
+    storage.write_bytes(items[2].url, data)  # new mtime, same bytes
+    outcomes = label_batch.fn(list_images.fn(f"{root}/tiles/*.png"), labeller, job)
     assert {o.status for o in outcomes} == {"skipped"}
 
 
 def test_a_changed_concept_config_relabels_only_that_concept(collection):
-    root, settings, manifest, concepts = collection
+    root, job, labeller = collection
     items = list_images.fn(f"{root}/tiles/*.png")
-    label_batch.fn(items, concepts, settings)
-    stricter = LabelSettings(**{**settings.__dict__, "method_options": {"merge_threshold": 0.5}})
-    changed = [prepare_concept.fn(manifest, "roof", stricter), concepts[1]]
-    outcomes = label_batch.fn(items, changed, settings)
+    label_batch.fn(items, labeller, job)
+    stricter = concept_set(root, method={"merge_threshold": 0.5}, cache=job.run.cache)
+    changed = dataclasses.replace(labeller, concepts=(stricter.concepts[0], labeller.concepts[1]))
+    outcomes = label_batch.fn(items, changed, job)
     assert all(o.status == "labelled" and o.concepts == ("roof",) for o in outcomes)
 
 
 def test_force_relabels_everything(collection):
-    root, settings, _, concepts = collection
+    root, job, labeller = collection
     items = list_images.fn(f"{root}/tiles/*.png")
-    label_batch.fn(items, concepts, settings)
-    forced = LabelSettings(**{**settings.__dict__, "force": True})
-    assert {o.status for o in label_batch.fn(items, concepts, forced)} == {"labelled"}
+    label_batch.fn(items, labeller, job)
+    assert {o.status for o in label_batch.fn(items, labeller, with_run(job, force=True))} == {"labelled"}
 
 
 @pytest.mark.parametrize("content", [b"", b"\x89PNG\r\n\x1a\n\x00\x00", b"plain text, not an image"])
 def test_a_bad_object_fails_alone(collection, content):
-    root, settings, _, concepts = collection
+    root, job, labeller = collection
     storage.write_bytes(f"{root}/tiles/tile_bad.png", content)
-    outcomes = label_batch.fn(list_images.fn(f"{root}/tiles/*.png"), concepts, settings)
+    outcomes = label_batch.fn(list_images.fn(f"{root}/tiles/*.png"), labeller, job)
     statuses = {o.uri.rsplit("/", 1)[-1]: o.status for o in outcomes}
     assert statuses.pop("tile_bad.png") == "failed" and set(statuses.values()) == {"labelled"}
     failure = next(o for o in outcomes if o.status == "failed")
@@ -111,37 +113,39 @@ def test_a_glob_that_matches_nothing_is_a_clear_error(tmp_path):
 
 
 def test_reference_embeddings_are_persisted_and_reused_by_content(collection, tmp_path):
-    _, settings, manifest, concepts = collection
+    root, job, labeller = collection
     cached = sorted(os.listdir(tmp_path / "cache" / "references"))
     assert len(cached) == 2 and len(os.listdir(tmp_path / "cache" / "basis")) == 1
     from tasks import runtime
+    from tasks.concepts import feature_cache
 
     runtime.clear()  # a fresh worker process: loads from the cache instead of embedding again
-    again = prepare_concept.fn(manifest, "roof", settings)
-    assert again == concepts[0] and sorted(os.listdir(tmp_path / "cache" / "references")) == cached
-    assert np.isfinite(runtime.reference_set(again.reference_key, settings.cache()).prototype.numpy()).all()
+    again = concept_set(root, cache=job.run.cache)
+    assert again == labeller and sorted(os.listdir(tmp_path / "cache" / "references")) == cached
+    refs = runtime.reference_set(again.concepts[0].reference_key, feature_cache(job.run.cache, None))
+    assert np.isfinite(refs.prototype.numpy()).all()
 
 
 def _label_in_process(args):
     from tasks.labelling import label_batch as task
 
-    items, concepts, settings = args
-    return [o.status for o in task.fn(items, concepts, settings)]
+    items, labeller, job = args
+    return [o.status for o in task.fn(items, labeller, job)]
 
 
 def test_two_processes_labelling_one_archive_at_once_corrupt_nothing(collection):
     import multiprocessing
 
-    root, settings, _, concepts = collection
+    root, job, labeller = collection
     items = list_images.fn(f"{root}/tiles/*.png")
-    forced = LabelSettings(**{**settings.__dict__, "force": True})  # both write every mask: the worst case
+    forced = with_run(job, force=True)  # both write every mask: the worst case
     with multiprocessing.get_context("spawn").Pool(2) as pool:
-        results = pool.map(_label_in_process, [(items, concepts, forced), (items[::-1], concepts, forced)])
+        results = pool.map(_label_in_process, [(items, labeller, forced), (items[::-1], labeller, forced)])
     assert results == [["labelled"] * 4, ["labelled"] * 4]
-    archive = MaskArchive.open(settings.archive_url, mode="r")
+    archive = MaskArchive.open(job.archive_url, mode="r")
     assert len(archive.list_masks()) == 8
     for concept, key in archive.list_masks():
         stored = archive.load(concept, key)  # checks the mask against the sha256 its record holds
         assert stored.mask.shape == (128, 128)
     # and a normal run afterwards sees everything up to date
-    assert {o.status for o in label_batch.fn(items, concepts, settings)} == {"skipped"}
+    assert {o.status for o in label_batch.fn(items, labeller, job)} == {"skipped"}

@@ -22,7 +22,7 @@ from dinoseg_core.errors import InputError, ObjectNotFoundError, StorageError
 def _attrs(**changes):
     base = dict(
         source_uri="s3://lake/tiles/a.png", source_sha256="src1", backbone="random:dinov3-vits16",
-        backbone_fingerprint="fp1", config=InsidConfig(image_size=512), reference_set_hash="refs1",
+        backbone_fingerprint="fp1", config=InsidConfig(image_size=512).to_dict(), reference_set_hash="refs1",
     )
     base.update(changes)
     return base
@@ -91,7 +91,7 @@ def test_layout_and_attrs_round_trip(archive):
 
     np.testing.assert_array_equal(archive.read_mask("roof", key), mask)
     assert archive.read_mask("roof", key).dtype == bool
-    np.testing.assert_allclose(archive.read_similarity("roof", key), sim, atol=1e-3)
+    np.testing.assert_allclose(archive.load("roof", key, similarity=True).similarity, sim, atol=1e-3)
     loaded = archive.load("roof", key, similarity=True)
     assert loaded.record == rec and loaded.similarity.dtype == np.float32
 
@@ -99,7 +99,7 @@ def test_layout_and_attrs_round_trip(archive):
     assert archive.list_masks() == [("field", "other-0"), ("roof", key)]
     assert archive.list_masks("roof") == [("roof", key)] and archive.list_masks("nothing") == []
     assert archive.list_concepts() == ["field", "roof"]
-    assert archive.read_similarity("field", "other-0") is None
+    assert archive.load("field", "other-0", similarity=True).similarity is None
     assert not archive.read_mask("field", "other-0").any()
 
     reopened = MaskArchive.open(archive.url, mode="r")
@@ -116,32 +116,16 @@ def test_relabel_replaces_the_version_and_may_change_shape(archive):
     assert archive.mask_record("roof", "k") == second
     np.testing.assert_array_equal(archive.read_mask("roof", "k"), _mask((300, 1100), seed=2))
     assert _version_dirs(archive, "roof", "k") == [second["version"]]  # the replaced version is gone
-    assert archive.delete_mask("roof", "k") and archive.mask_record("roof", "k") is None
-    assert not archive.delete_mask("roof", "k")
 
 
-def test_incremental_decisions(archive):
-    cfg = InsidConfig(image_size=512)
-    wanted = dict(source_sha256="src1", backbone_fingerprint="fp1", config_digest=cfg.digest(),
-                  reference_set_hash="refs1")
-    assert archive.needs_labelling("roof", "k", **wanted)
-    assert archive.labelling_reason("roof", "k", **wanted) == "no mask"
+def test_records_of_many_masks_in_one_batched_read(archive):
     rec = archive.write_mask("roof", "k", _mask(), _attrs())
-    assert not archive.needs_labelling("roof", "k", **wanted)
-    assert archive.labelling_reason("roof", "k", **wanted) is None
-    records = archive.records("roof")  # one listing + one batched read for a whole run's decisions
-    assert records == {"k": rec} and archive.records("field") == {}
-    assert archive.labelling_reason("roof", "k", **wanted, record=records["k"]) is None
-    for field, value, reason in [
-        ("source_sha256", "src2", "source changed"),
-        ("backbone_fingerprint", "fp2", "backbone changed"),
-        ("config_digest", cfg.replace(tau=0.5).digest(), "config changed"),
-        ("reference_set_hash", "refs2", "reference set changed"),
-    ]:
-        changed = {**wanted, field: value}
-        assert archive.needs_labelling("roof", "k", **changed)
-        assert archive.labelling_reason("roof", "k", **changed) == reason
-    assert archive.needs_labelling("field", "k", **wanted)  # per concept
+    found = archive.mask_records([("roof", "k"), ("roof", "other"), ("field", "k")])
+    assert found == {("roof", "k"): rec, ("roof", "other"): None, ("field", "k"): None}
+    assert rec["config_digest"] == InsidConfig(image_size=512).digest()  # what the freshness rule compares
+    assert archive.records("roof") == {"k": rec} and archive.records("field") == {}
+    with pytest.raises(InputError, match="not a valid archive name"):
+        archive.mask_records([("roof", "../k")])
 
 
 def test_write_mask_rejects_bad_input(archive):
@@ -173,7 +157,6 @@ def test_half_written_mask_is_invisible_and_a_later_write_completes_it(archive, 
         archive.write_mask("roof", "k", _mask(), _attrs())
     assert len(_version_dirs(archive, "roof", "k")) == 1  # chunks and metadata of the version are on disk ...
     assert archive.list_masks() == [] and archive.mask_record("roof", "k") is None  # ... but nobody sees them
-    assert archive.needs_labelling("roof", "k", "src1", "fp1", InsidConfig(image_size=512).digest(), "refs1")
     with pytest.raises(ObjectNotFoundError):
         archive.read_mask("roof", "k")
     with warnings.catch_warnings():
@@ -439,8 +422,8 @@ def test_archive_on_s3(s3_server):
     assert reader.list_masks() == [("field", key), ("roof", key)]
     assert reader.mask_record("roof", key) == rec
     np.testing.assert_array_equal(reader.read_mask("roof", key), _mask((520, 515), seed=2))
-    assert reader.read_similarity("roof", key) is None
-    assert not reader.needs_labelling("roof", key, "src2", "fp1", InsidConfig(image_size=512).digest(), "refs1")
+    assert reader.load("roof", key, similarity=True).similarity is None
+    assert reader.mask_records([("roof", key)]) == {("roof", key): rec}
     assert [log["run_id"] for log in reader.run_logs()] == ["run-1"]
 
     import s3fs

@@ -1,0 +1,192 @@
+"""The body every labelling flow shares: list the images, prepare the labeller once, label batches, summarise.
+
+A labelling flow is (a source of images) x (a labeller) -> archive records. The flows in :mod:`flows.labelling`,
+:mod:`flows.scenes` and :mod:`flows.text` differ only in how they prepare their labeller; everything else (batching,
+where batches run, progress, failures, the run log, the final state) is :func:`label` here.
+
+Batches run on a thread pool in the flow's process (``run.task_runner="threads"``, the default) or on a Dask
+cluster through prefect-dask (``"dask"``: a local cluster of ``run.dask_workers`` processes, or the scheduler at
+``run.dask_address``). Flow results are plain dicts, serialised as JSON wherever result persistence is on.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from prefect import get_run_logger
+from prefect.artifacts import (
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.client.orchestration import get_client
+from prefect.exceptions import ObjectNotFound
+from prefect.futures import as_completed
+from prefect.runtime import flow_run
+from prefect.settings import get_current_settings
+from prefect.states import Completed, Failed
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+from tqdm import tqdm
+
+from dinoseg_core.errors import InputError
+from dinoseg_core.io.archive import MaskArchive
+from tasks.labelling import ImageOutcome, LabelJob, Labeller, label_batch
+from tasks.options import RunOptions, run_options
+from tasks.reporting import write_run_log
+from tasks.sources import WorkItem, input_prefix, list_images
+
+#: Flow results (the run's summary) are plain dicts: never pickled, wherever results are persisted.
+RESULT_SERIALIZER = "json"
+
+
+def label(
+    images: str | Sequence[str],
+    archive: str,
+    run: RunOptions | dict[str, Any] | None,
+    prepare: Callable[[RunOptions], Labeller],
+    parameters: dict[str, Any],
+    *,
+    title: str = "dinoseg labelling summary",
+) -> Completed | Failed:
+    """Label every image of ``images`` with the labeller ``prepare(run)`` returns, into ``archive``.
+
+    ``parameters`` (what was asked, never credentials) go into the run log. Returns the final state: Completed,
+    or Failed listing the failures, with the summary dict as its data.
+    """
+    run = run_options(run)
+    started = time.perf_counter()
+    run_id = str(flow_run.get_id() or uuid.uuid4())
+    created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    runner = task_runner(run)  # a bad choice fails before any work
+    if run.concurrency_limit is not None:
+        _check_concurrency_limit(run.concurrency_limit)
+    so = run.storage_options
+    MaskArchive.open(archive, so, mode="a")  # fail fast on a foreign or unreadable archive
+    items = list_images(images, so)
+    labeller = prepare(run)
+    job = LabelJob(archive, input_prefix(images, items), run)
+    jobs = [({"items": batch, "labeller": labeller, "job": job}, [item.url for item in batch])
+            for batch in batches(items, run.batch_size, labeller.scenes)]
+    kinds = {item.kind for item in items} if labeller.scenes else {"tile"}
+    get_run_logger().info("%d image(s) (%s) in %d batch(es)", len(items), ", ".join(sorted(kinds)), len(jobs))
+    labelling_started = time.perf_counter()
+    outcomes = run_jobs(runner, jobs, f"dinoseg: {len(items)} images")
+    record = {"started": created, "images": images if isinstance(images, str) else list(images),
+              **parameters, "run": run.model_dump(exclude={"storage_options"})}
+    return finish_run(outcomes, archive, so, started, labelling_started, run_id, record, title=title)
+
+
+def batches(items: list[WorkItem], batch_size: int, scenes: bool) -> list[list[WorkItem]]:
+    """Tiles in batches of ``batch_size`` (one backbone pass each); a scene, read window by window, is a batch
+    of its own when the labeller windows scenes."""
+    tiles = [i for i in items if not (scenes and i.kind == "scene")]
+    return [[i] for i in items if scenes and i.kind == "scene"] + [
+        tiles[start : start + batch_size] for start in range(0, len(tiles), batch_size)]
+
+
+def run_jobs(runner: TaskRunner, jobs: list[tuple[dict[str, Any], list[str]]], description: str
+             ) -> list[ImageOutcome]:
+    """Submit ``label_batch`` once per (parameters, image URLs) job on ``runner`` and collect the outcomes as they
+    come, with a progress artifact and, on a terminal, a progress bar. A job whose retries ran out fails each of
+    its images with the job's error as the reason."""
+    total = sum(len(urls) for _, urls in jobs)
+    progress = create_progress_artifact(0.0, description=description)
+    outcomes: list[ImageOutcome] = []
+    bar = tqdm(total=total, desc="label", unit="image", disable=None)  # shown on a terminal only
+    with runner:
+        futures = {runner.submit(label_batch, parameters): urls for parameters, urls in jobs}
+        for future in as_completed(list(futures)):
+            try:
+                outcomes.extend(future.result())
+            except Exception as exc:  # retries exhausted: every image of the job failed for this reason
+                reason = f"{type(exc).__name__}: {exc}"
+                outcomes.extend(ImageOutcome(url, "failed", reason=reason) for url in futures[future])
+            update_progress_artifact(progress, 100.0 * len(outcomes) / max(total, 1))
+            bar.update(len(futures[future]))
+    bar.close()
+    return outcomes
+
+
+def finish_run(
+    outcomes: list[ImageOutcome], archive: str, storage_options: dict[str, Any] | None, started: float,
+    labelling_started: float, run_id: str, parameters: dict[str, Any], *, title: str = "dinoseg labelling summary",
+) -> Completed | Failed:
+    """The end of every labelling flow: summary table artifact, run log (only when something happened) and the
+    final state: Completed, or Failed listing the failures so that a schedule's owner sees them."""
+    summary = _summary(outcomes, time.perf_counter() - started, time.perf_counter() - labelling_started)
+    get_run_logger().info("labelled %(labelled)d, skipped %(skipped)d, failed %(failed)d", summary)
+    create_table_artifact(
+        [{"status": k, "images": summary[k]} for k in ("labelled", "skipped", "failed")]
+        + [{"status": "seconds per labelled image", "images": summary["seconds_per_labelled_image"]}]
+        + [{"status": f"failed: {f['uri']}", "images": f["reason"]} for f in summary["failures"]],
+        description=title,
+    )
+    if summary["labelled"] or summary["failed"]:  # a run that changed nothing writes nothing
+        write_run_log(archive, storage_options, run_id, {"run_id": run_id, **parameters, **summary})
+    if summary["failed"]:
+        names = "; ".join(f"{f['uri']}: {f['reason']}" for f in summary["failures"][:20])
+        return Failed(message=f"{summary['failed']} of {len(outcomes)} image(s) failed: {names}", data=summary)
+    return Completed(message=f"labelled {summary['labelled']}, skipped {summary['skipped']}", data=summary)
+
+
+def _summary(outcomes: list[ImageOutcome], seconds: float, labelling_seconds: float) -> dict[str, Any]:
+    """Counts, failures, and wall seconds of the labelling stage per labelled image (0 when none)."""
+    counts = {status: sum(o.status == status for o in outcomes) for status in ("labelled", "skipped", "failed")}
+    per_image = labelling_seconds / counts["labelled"] if counts["labelled"] else 0.0
+    return {
+        **counts,
+        "seconds": round(seconds, 3),
+        "seconds_per_labelled_image": round(per_image, 4),
+        "failures": [{"uri": o.uri, "reason": o.reason} for o in outcomes if o.status == "failed"],
+    }
+
+
+def task_runner(run: RunOptions) -> TaskRunner:
+    """Where label batches run.
+
+    - ``threads``: a thread pool of ``run.workers`` in the flow's process; the threads share its backbone.
+    - ``dask``: a Dask cluster through prefect-dask. With ``run.dask_address`` (``tcp://host:8786``) the batches go
+      to that running scheduler and its workers, which keep their backbone between runs; otherwise the run starts a
+      local cluster of ``run.dask_workers`` processes with one thread each, closed at the end of the run. Either way
+      every worker process loads the backbone once and labels many batches.
+    """
+    if run.task_runner == "threads":
+        return ThreadPoolTaskRunner(max_workers=run.workers)
+    if get_current_settings().api.url is None:
+        # without a server, every Dask worker process would start an ephemeral one of its own (and record its
+        # task runs there, after ~40 s of start-up)
+        raise InputError(
+            "run.task_runner='dask' needs a Prefect server that the Dask workers can reach: start one "
+            "(`prefect server start`) and set PREFECT_API_URL, or use task_runner='threads'"
+        )
+    try:
+        from prefect_dask import DaskTaskRunner
+    except ImportError as exc:
+        raise InputError("run.task_runner='dask' needs prefect-dask and distributed: pip install 'dinoseg[dask]'"
+                         ) from exc
+    if run.dask_address:
+        return DaskTaskRunner(address=run.dask_address)
+    return DaskTaskRunner(
+        cluster_class="distributed.LocalCluster",
+        # one thread per process: torch already uses the cores of a process; the dashboard takes a free port
+        cluster_kwargs={"n_workers": run.dask_workers, "threads_per_worker": 1, "processes": True,
+                        "dashboard_address": ":0"},
+    )
+
+
+def _check_concurrency_limit(name: str) -> None:
+    """Fail before any work when the global concurrency limit ``name`` does not exist (``strict=True`` would
+    otherwise fail every batch with the same error)."""
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            raise InputError(
+                f"run.concurrency_limit={name!r}: no global concurrency limit of that name on this Prefect server; "
+                f"create it with `prefect gcl create {name} --limit 1` (slots = label batches in the backbone at "
+                f"once), or leave concurrency_limit unset"
+            ) from None

@@ -1,0 +1,204 @@
+"""The INSID3 labeller: concepts shown by reference images and masks (a manifest), on tiles and on scenes.
+
+``load-references`` reads the manifest; ``prepare-concept`` embeds a concept's references once (positional
+basis, debiased features, prototype) and persists the embedding in the content-keyed feature cache, so that every
+worker process loads it instead of recomputing. :class:`ConceptSet` is the labeller the engine
+(:mod:`tasks.labelling`) drives: one backbone pass per batch of tiles for every concept, or a scene window by
+window with whole-scene context, streamed into the archive.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from dinoseg_core.config import InsidConfig, apply_options
+from dinoseg_core.errors import StorageError
+from dinoseg_core.geo import SceneConfig, geo_attrs, segment_scene
+from dinoseg_core.io import imageio, storage
+from dinoseg_core.io.archive import MaskArchive
+from dinoseg_core.io.featurestore import FeatureCache, content_key
+from dinoseg_core.io.imageio import RASTER_SUFFIXES
+from dinoseg_core.io.manifest import ReferenceManifest, concept_hash, load_manifest
+from tasks import runtime
+from tasks.freshness import MethodStamp
+from tasks.labelling import PERMANENT, LabelJob, Pending
+from tasks.options import RunOptions
+from tasks.retry import STORAGE_RETRIES
+from tasks.runtime import BackboneSpec
+from tasks.sources import ItemKind
+
+
+@dataclass(frozen=True)
+class PreparedConcept:
+    """A concept ready to label: its effective config, the content key of its embedded reference set (in the
+    feature cache), and the reference-set hash recorded on every mask."""
+
+    name: str
+    config: InsidConfig
+    reference_key: str
+    reference_set_hash: str
+
+
+@dataclass(frozen=True)
+class ConceptSet:
+    """The INSID3 labeller: prepared concepts on one backbone, plus how scenes are read and windowed.
+
+    Attributes:
+        backbone: which backbone (spec, device, dtype); ``fingerprint``/``random``: of its loaded weights.
+        concepts: the prepared concepts, in manifest order.
+        scene: windowing and global context of scene items; ``bands``: their 1-based bands (None: the first 3).
+        cache_url: the feature cache holding the embedded reference sets (None: the default local cache).
+    """
+
+    backbone: BackboneSpec
+    fingerprint: str
+    random: bool
+    concepts: tuple[PreparedConcept, ...]
+    scene: SceneConfig = field(default_factory=SceneConfig)
+    bands: tuple[int, ...] | None = None
+    cache_url: str | None = None
+    scenes = True
+
+    def methods(self, kind: ItemKind) -> dict[str, MethodStamp]:
+        """A scene mask also depends on the windowing and the bands: they are part of its config."""
+        def config(c: PreparedConcept) -> dict[str, Any]:
+            if kind == "tile":
+                return c.config.to_dict()
+            return {**c.config.to_dict(), "scene": self.scene.to_dict(),
+                    "bands": list(self.bands) if self.bands else None}
+
+        return {c.name: MethodStamp(self.backbone.spec, self.fingerprint, self.random, config(c),
+                                    c.reference_set_hash) for c in self.concepts}
+
+    def label_tiles(self, tiles: list[Pending], archive: MaskArchive, job: LabelJob
+                    ) -> Iterator[tuple[Pending, tuple[str, ...] | Exception]]:
+        """One backbone pass per batch and feature configuration; every concept of that configuration reuses it."""
+        if not tiles:
+            return
+        so = job.run.storage_options
+        cache = feature_cache(self.cache_url, so)
+        methods = self.methods("tile")
+        by_name = {c.name: c for c in self.concepts}
+        written: dict[str, list[str]] = {t.url: [] for t in tiles}
+        failed: dict[str, Exception] = {}
+        # the backbone work holds a slot of the run's concurrency limit, if any (one batch per slot)
+        with runtime.backbone_slot(job.run.concurrency_limit):
+            for fkey in dict.fromkeys(runtime.feature_key(c.config) for c in self.concepts):
+                group = [t for t in tiles if t.url not in failed
+                         and any(runtime.feature_key(by_name[n].config) == fkey for n in t.todo)]
+                if not group:
+                    continue
+                first = next(c for c in self.concepts if runtime.feature_key(c.config) == fkey)
+                seg = runtime.segmenter(self.backbone, first.config, so, cache)
+                features = seg.extract_each([t.image for t in group], [t.url for t in group])
+                for tile, target in zip(group, features):
+                    try:
+                        if isinstance(target, Exception):
+                            raise target
+                        for name in (n for n in tile.todo if runtime.feature_key(by_name[n].config) == fkey):
+                            concept = by_name[name]
+                            result = seg.segment_features(self._references(concept, cache, seg), target,
+                                                          concept.config)
+                            timings = {"read": tile.read_seconds, **result.timings}
+                            archive.write_mask(
+                                name, tile.key, result.mask,
+                                attrs={**tile.source_attrs(), **methods[name].attrs(),
+                                       "timings": {k: round(v, 4) for k, v in timings.items()}},
+                                similarity=result.similarity if job.run.save_similarity else None,
+                            )
+                            written[tile.url].append(name)
+                    except PERMANENT as exc:
+                        failed[tile.url] = exc
+        for tile in tiles:
+            yield tile, failed.get(tile.url) or tuple(written[tile.url])
+
+    def label_scene(self, scene: Pending, archive: MaskArchive, job: LabelJob) -> tuple[str, ...]:
+        """Every out-of-date concept on one scene, window by window; each mask is streamed chunk by chunk into a
+        new archive version carrying the scene's CRS and transform, and published atomically."""
+        from dinoseg_core.io.maskwriter import ZarrMaskWriter
+        from dinoseg_core.io.raster import open_raster, raster_reader
+
+        so = job.run.storage_options
+        cache = feature_cache(self.cache_url, so)
+        methods = self.methods("scene")
+        source = open_raster(scene.url, self.bands, so)
+        for name in scene.todo:
+            concept = next(c for c in self.concepts if c.name == name)
+            seg = runtime.segmenter(self.backbone, concept.config, so, cache)
+            refs = self._references(concept, cache, seg)
+
+            def fill(group, concept=concept, seg=seg, refs=refs):
+                with (ZarrMaskWriter.create(group, source, attributes={"long_name": f"{concept.name} mask"}) as writer,
+                      raster_reader(source) as reader, runtime.backbone_slot(job.run.concurrency_limit)):
+                    result = segment_scene(seg, refs, reader.read, source.shape, writer, name=source.display_url,
+                                           config=self.scene, insid_config=concept.config)
+                extra = {"scene_windows": result.windows, "scene_timings": result.timings,
+                         "scene_foreground_pixels": result.foreground_pixels}
+                return {**extra, **(geo_attrs(source) if source.georeferenced else {})}
+
+            archive.write_streamed_mask(name, scene.key, {**scene.source_attrs(), **methods[name].attrs(),
+                                                          "raster": source.to_dict()}, fill)
+        return scene.todo
+
+    def _references(self, concept: PreparedConcept, cache: FeatureCache, seg):
+        refs = runtime.reference_set(concept.reference_key, cache, seg.backbone.device)
+        if refs is None:
+            raise StorageError(f"reference set of concept {concept.name!r} missing from {cache.url}")
+        return refs
+
+
+def feature_cache(url: str | None, storage_options: dict | None) -> FeatureCache:
+    """The run's feature cache (the storage options apply to a URL given by the user, not to the local default)."""
+    return FeatureCache(url, storage_options if url else None)
+
+
+@task(name="load-references", cache_policy=NO_CACHE, **STORAGE_RETRIES)
+def load_references(url: str, storage_options: dict | None = None) -> ReferenceManifest:
+    """Read and validate a reference manifest (YAML/JSON) at ``url``."""
+    return load_manifest(url, storage_options)
+
+
+@task(name="prepare-concept", cache_policy=NO_CACHE, task_run_name="prepare-{concept}", **STORAGE_RETRIES)
+def prepare_concept(manifest: ReferenceManifest, concept: str, backbone: BackboneSpec,
+                    method: dict[str, Any] | None, bands: tuple[int, ...] | None, run: RunOptions) -> PreparedConcept:
+    """Hash a concept's reference images and masks, embed them once (positional basis, debiased features,
+    prototype) and persist the embedding in the feature cache under a content key. ``method``: INSID3 options of
+    this run, which win over the manifest's."""
+    spec = manifest.concept(concept)
+    config = apply_options(manifest.config_for(concept), method)
+    so = run.storage_options
+    cache = feature_cache(run.cache, so)
+    wanted = {url for p in spec.references for url in (p.image_url, p.mask_url)}
+    contents = {url: storage.read_bytes(url, so) for url in manifest.reference_urls() if url in wanted}
+    hashes = {url: hashlib.sha256(data).hexdigest() for url, data in contents.items()}
+    pairs = [(hashes[p.image_url], hashes[p.mask_url]) for p in spec.references]
+    with runtime.backbone_slot(run.concurrency_limit):  # the basis and the embedding use the backbone
+        seg = runtime.segmenter(backbone, config, so, cache)
+        key = content_key(
+            "references", seg.backbone.fingerprint, repr(runtime.feature_key(config)),
+            [h for pair in pairs for h in pair], repr(bands),
+        )
+        refs = runtime.reference_set(key, cache, seg.backbone.device)
+        if refs is None:
+            shots = [_read_shot(p, contents, bands, so) for p in spec.references]
+            refs = seg.embed_references([i for i, _ in shots], [m for _, m in shots],
+                                        names=[p.image_url for p in spec.references])
+    runtime.remember_reference_set(key, refs, cache)
+    return PreparedConcept(concept, config, key, concept_hash(manifest, concept, hashes))
+
+
+def _read_shot(pair, contents: dict[str, bytes], bands: tuple[int, ...] | None, storage_options: dict | None):
+    """(image, mask) of one reference: GeoTIFF/COG references through rasterio (the run's bands, the scene's
+    stretch, nodata removed from the mask), other images decoded from the bytes already read."""
+    if pair.image_url.lower().endswith(RASTER_SUFFIXES):
+        from dinoseg_core.io.raster import read_reference
+
+        return read_reference(pair.image_url, pair.mask_url, bands=bands, storage_options=storage_options)
+    return (imageio.decode_image(contents[pair.image_url], pair.image_url),
+            imageio.decode_mask(contents[pair.mask_url], pair.mask_url))
