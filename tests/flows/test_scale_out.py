@@ -7,14 +7,14 @@ import threading
 
 import numpy as np
 import pytest
-from pydantic import ValidationError
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import ValidationError
 
-from dinoseg_core.io.archive import MaskArchive
 from dinoseg_core.errors import InputError
+from dinoseg_core.io.archive import MaskArchive
 from dinoseg_core.segmenter import InContextSegmenter
 from flows.engine import task_runner
 from flows.labelling import label_collection

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import rasterio
 
-from dinoseg_core.io.archive import MaskArchive
 from dinoseg_core.geo.synthetic import write_synthetic_geotiff
+from dinoseg_core.io.archive import MaskArchive
 from flows.cli import main as cli
 from tests.pipeline_data import write_collection
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dinoseg_core.errors import InputError
 from dinoseg_core.io import imageio, storage
 from dinoseg_core.io.archive import MaskArchive, image_key
-from dinoseg_core.errors import InputError
 from dinoseg_core.ovseg import SegModel, load_dinotxt
 from flows.cli import main as cli
 from flows.text import evaluate_ovss, label_with_text, sparkline, train_ovss

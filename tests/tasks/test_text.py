@@ -8,9 +8,9 @@ import os
 import numpy as np
 import pytest
 
+from dinoseg_core.errors import InputError
 from dinoseg_core.io import imageio, storage
 from dinoseg_core.io.archive import MaskArchive, image_key
-from dinoseg_core.errors import InputError
 from dinoseg_core.ovseg import OvsegConfig
 from tasks import text
 from tasks.labelling import LabelJob, label_batch
