@@ -1,5 +1,5 @@
 """Flows: ``label_collection`` (a reference manifest + a collection on object storage -> a Zarr mask archive) and
-``segment_images`` (the same for an explicit list of images).
+``segment_images``, the same flow under the name its deployments use for explicit lists of images.
 
 The flow body is the engine's loop (:func:`flows.engine.label`): list the images, prepare each concept once
 (embed its references), label batches (each worker loads the backbone once and serves many images), summarise.
@@ -18,35 +18,11 @@ from dinoseg_core.config import (
     SceneOptions,
     apply_options,
 )
-from dinoseg_core.errors import InputError
 from flows.engine import RESULT_SERIALIZER, label
 from tasks.concepts import ConceptSet, load_references, prepare_concept
 from tasks.options import RunOptions
 from tasks.runtime import BackboneSpec
 from tasks.runtime import backbone as load_backbone
-
-
-def label_with_references(references: str, images: str | list[str], archive: str, backbone: str,
-                          method: MethodOptions | None, scene: SceneOptions | None, bands: list[int] | None,
-                          run: RunOptions | None):
-    """The body of every INSID3 flow: the engine with an INSID3 concept set as the labeller."""
-    method_given = method.model_dump(exclude_none=True) if method is not None else {}
-    scene_config = apply_options(SceneConfig(), scene)
-    band_tuple = tuple(bands) if bands else None
-
-    def prepare(options: RunOptions) -> ConceptSet:
-        manifest = load_references(references, options.storage_options)
-        spec = BackboneSpec(backbone, options.device, options.dtype)
-        concepts = tuple(prepare_concept(manifest, name, spec, method_given, band_tuple, options)
-                         for name in manifest.concepts)
-        model = load_backbone(spec, options.storage_options)
-        get_run_logger().info("%d concept(s): %s", len(concepts), ", ".join(manifest.concepts))
-        return ConceptSet(spec, model.fingerprint, model.is_random, concepts, scene_config, band_tuple, options.cache)
-
-    return label(images, archive, run, prepare, {
-        "references": references, "backbone": backbone, "method": method_given,
-        "scene": scene_config.to_dict(), "bands": list(bands) if bands else None,
-    })
 
 
 @flow(name="label-collection", validate_parameters=True, result_serializer=RESULT_SERIALIZER)
@@ -75,21 +51,24 @@ def label_collection(
         run: how the run runs (device, storage_options, force, cache, batch_size, workers, task_runner, ...; see
             :class:`tasks.options.RunOptions`).
     """
-    return label_with_references(references, images, archive, backbone, method, scene, bands, run)
+    method_given = method.model_dump(exclude_none=True) if method is not None else {}
+    scene_config = apply_options(SceneConfig(), scene)
+    band_tuple = tuple(bands) if bands else None
+
+    def prepare(options: RunOptions) -> ConceptSet:
+        manifest = load_references(references, options.storage_options)
+        spec = BackboneSpec(backbone, options.device, options.dtype)
+        concepts = tuple(prepare_concept(manifest, name, spec, method_given, band_tuple, options)
+                         for name in manifest.concepts)
+        model = load_backbone(spec, options.storage_options)
+        get_run_logger().info("%d concept(s): %s", len(concepts), ", ".join(manifest.concepts))
+        return ConceptSet(spec, model.fingerprint, model.is_random, concepts, scene_config, band_tuple, options.cache)
+
+    return label(images, archive, run, prepare, {
+        "references": references, "backbone": backbone, "method": method_given,
+        "scene": scene_config.to_dict(), "bands": list(bands) if bands else None,
+    })
 
 
-@flow(name="segment-images", validate_parameters=True, result_serializer=RESULT_SERIALIZER)
-def segment_images(
-    references: str,
-    images: list[str],
-    archive: str,
-    backbone: str = DEFAULT_BACKBONE,
-    method: MethodOptions | None = None,
-    scene: SceneOptions | None = None,
-    bands: list[int] | None = None,
-    run: RunOptions | None = None,
-):
-    """Like :func:`label_collection` for an explicit list of image URLs."""
-    if not images:
-        raise InputError("images: give at least one image URL")
-    return label_with_references(references, images, archive, backbone, method, scene, bands, run)
+#: The same flow under the name of the ``segment-images`` deployments: an explicit list of image URLs, typically.
+segment_images = label_collection.with_options(name="segment-images")
