@@ -43,9 +43,9 @@ def run_one(args: argparse.Namespace) -> None:
     from dinoseg_core.backbone import load_backbone
     from dinoseg_core.config import InsidConfig
     from dinoseg_core.geo import SceneConfig, segment_scene
-    from dinoseg_core.io.raster import open_raster
-    from dinoseg_core.io.maskwriter import ZarrMaskWriter
     from dinoseg_core.geo.synthetic import RGB_BANDS
+    from dinoseg_core.io.maskwriter import ZarrMaskWriter
+    from dinoseg_core.io.raster import open_raster, raster_reader
     from dinoseg_core.segmenter import InContextSegmenter
     from dinoseg_core.synthetic import generate_scene
 
@@ -68,8 +68,9 @@ def run_one(args: argparse.Namespace) -> None:
             last[0] = now
 
     start = time.perf_counter()
-    with ZarrMaskWriter.create(args.mask, source, attributes={"concept": CONCEPT}) as writer:
-        result = segment_scene(segmenter, refs, source, writer,
+    attributes = {"concept": CONCEPT}
+    with raster_reader(source) as reader, ZarrMaskWriter.create(args.mask, source, attributes=attributes) as writer:
+        result = segment_scene(segmenter, refs, reader.read, source.shape, writer, name=source.display_url,
                                config=SceneConfig(window_size=args.window, overlap=args.overlap), progress=progress)
     seconds = time.perf_counter() - start
     print(json.dumps({

@@ -37,6 +37,7 @@ def score_clusters(
     features: torch.Tensor,
     features_debiased: torch.Tensor,
     prototype: torch.Tensor,
+    similarity: torch.Tensor | None = None,
 ) -> ClusterScores:
     """Seed selection and the cross / intra / area terms for every cluster.
 
@@ -46,13 +47,16 @@ def score_clusters(
         features: (N, C) original unit features (intra-image similarity keeps position).
         features_debiased: (N, C) debiased unit features.
         prototype: (C,) unit prototype.
+        similarity: (N,) the similarity whose mean over a cluster is its cross term; default the paper's,
+            ``features_debiased @ prototype`` (a fused similarity from step 6 with a scene prior otherwise).
     """
     labels = torch.as_tensor(labels, device=features.device).long()
     num_clusters = int(labels.max()) + 1
     sizes = torch.bincount(labels, minlength=num_clusters).float()
     hits = torch.bincount(labels[candidates], minlength=num_clusters).float()
     matched = hits > 0
-    similarity = features_debiased @ prototype
+    if similarity is None:
+        similarity = features_debiased @ prototype
     cross = _cluster_means(similarity[:, None], labels, num_clusters)[:, 0]
     if not matched.any():
         zeros = torch.zeros(num_clusters, device=features.device)
@@ -67,10 +71,27 @@ def score_clusters(
     return ClusterScores(cross=cross, intra=intra, area=area, seed=seed)
 
 
-def aggregate(labels: np.ndarray | torch.Tensor, scores: ClusterScores, merge_threshold: float) -> torch.Tensor:
-    """Union of the clusters with cross * intra * area > alpha. Returns (N,) bool (all False without a seed)."""
+def aggregate(
+    labels: np.ndarray | torch.Tensor,
+    scores: ClusterScores,
+    merge_threshold: float,
+    min_cross: float | None = None,
+) -> torch.Tensor:
+    """The keep rule: the union of the clusters with ``cross * intra * area > merge_threshold`` (alpha) and,
+    when ``min_cross`` is given, ``cross > min_cross`` too.
+
+    ``min_cross`` is a scene's similarity threshold: a cluster whose mean similarity falls on the background side
+    of the scene's split is background, however well it matches within its window (the seed always has
+    ``intra = area = 1``, so in a window without the concept its best-matching background cluster would
+    otherwise survive on ``cross > alpha`` alone).
+
+    Returns:
+        (N,) bool, all False without a seed.
+    """
     labels = torch.as_tensor(labels, device=scores.cross.device).long()
     if scores.seed < 0:
         return torch.zeros(labels.shape[0], dtype=torch.bool, device=labels.device)
     keep = scores.score > merge_threshold
+    if min_cross is not None:
+        keep &= scores.cross > min_cross
     return keep[labels]

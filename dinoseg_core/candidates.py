@@ -14,14 +14,18 @@ FALLBACK_PERCENTILE = 0.90
 CHUNK = 1024
 
 
-def forward_candidates(similarity: torch.Tensor) -> torch.Tensor:
-    """Patches whose cosine with the prototype is > 0; if none, those at or above the 90th percentile.
+def forward_candidates(similarity: torch.Tensor, threshold: float | None = None) -> torch.Tensor:
+    """Patches whose similarity with the prototype is > ``threshold``; without a threshold, the paper's rule:
+    > 0, or if none, those at or above the 90th percentile.
 
     Args:
-        similarity: (N,) cosine of each debiased target patch with the prototype.
+        similarity: (N,) cosine of each debiased target patch with the prototype (or a fused similarity).
+        threshold: a threshold set from outside the image (a scene's, :func:`dinoseg_core.geo.scene_threshold`).
     Returns:
         (N,) bool.
     """
+    if threshold is not None:
+        return similarity > threshold
     positive = similarity > 0
     if positive.any():
         return positive
@@ -53,12 +57,29 @@ def backward_candidates(target_debiased: torch.Tensor, references: ReferenceSet)
     return votes >= math.ceil(references.num_shots / 2)
 
 
-def localise_candidates(target_debiased: torch.Tensor, references: ReferenceSet) -> tuple[torch.Tensor, torch.Tensor]:
+def localise_candidates(
+    target_debiased: torch.Tensor,
+    references: ReferenceSet,
+    prior: torch.Tensor | None = None,
+    prior_weight: float = 0.5,
+    threshold: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Candidates = forward AND backward.
 
+    The forward test runs on the similarity ``s``: the cosine of each debiased target patch with the prototype,
+    or, with a ``prior``, ``s = (1 - prior_weight) * cosine + prior_weight * prior``. The backward test always
+    stays local.
+
+    Args:
+        target_debiased: (N, C) debiased target features.
+        prior: (N,) similarity known from outside the target (e.g. a whole-scene pass), same dtype and device.
+        prior_weight: its weight in [0, 1].
+        threshold: forward test ``s > threshold``; None: the paper's rule (:func:`forward_candidates`).
     Returns:
-        candidates (N,) bool, similarity (N,) float (cosine with the prototype).
+        candidates (N,) bool, similarity ``s`` (N,) float.
     """
     similarity = target_debiased @ references.prototype.to(target_debiased.device)
-    candidates = forward_candidates(similarity) & backward_candidates(target_debiased, references)
+    if prior is not None:
+        similarity = (1.0 - prior_weight) * similarity + prior_weight * prior
+    candidates = forward_candidates(similarity, threshold) & backward_candidates(target_debiased, references)
     return candidates, similarity

@@ -14,7 +14,7 @@ basis cache, so one segmenter serves any number of reference sets and targets (a
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,7 +27,7 @@ from dinoseg_core.cluster import agglomerative_clusters
 from dinoseg_core.config import InsidConfig
 from dinoseg_core.correspondence import match_keypoints
 from dinoseg_core.debias import debias
-from dinoseg_core.errors import InputError
+from dinoseg_core.errors import DinosegError, InputError
 from dinoseg_core.features import flatten_grid, patch_features
 from dinoseg_core.preprocess import input_size, prepare_image, prepare_mask, resize_mask, validate_image
 from dinoseg_core.prototype import ReferenceSet, ReferenceShot, compute_prototype, mask_to_patches
@@ -169,6 +169,45 @@ class InContextSegmenter:
         names = names or [f"target[{i}]" for i in range(len(images))]
         return self._extract(images, names)
 
+    def extract_each(
+        self, images: Sequence[np.ndarray], names: Sequence[str]
+    ) -> list[TargetFeatures | DinosegError]:
+        """Features of several targets with per-image failure isolation: one batched backbone pass for the
+        valid images (:meth:`extract_targets`); an image that fails gets its error in its slot instead of
+        failing the others.
+
+        Args:
+            images: float32 (H, W, 3) arrays in [0, 1], any sizes.
+            names: one per image, used in error messages.
+        Returns:
+            one entry per image, in order: its :class:`TargetFeatures`, or the :class:`DinosegError` (e.g.
+            :class:`InputError`) that image raised. Other exceptions (out of memory, a broken backbone) are
+            not about one image and propagate.
+        """
+        if len(images) != len(names):
+            raise InputError(f"got {len(images)} images but {len(names)} names; give one name per image")
+        results: list[TargetFeatures | DinosegError] = [None] * len(images)  # type: ignore[list-item]
+        good = []
+        for index, (image, name) in enumerate(zip(images, names)):
+            try:
+                validate_image(image, name, self.backbone.patch_size)
+                good.append(index)
+            except DinosegError as exc:
+                results[index] = exc
+        try:
+            features = self.extract_targets([images[i] for i in good], [names[i] for i in good]) if good else []
+        except DinosegError:
+            # a failure that validation did not foresee: one by one, so that only its image fails
+            features = []
+            for i in good:
+                try:
+                    features.append(self.extract_target(images[i], names[i]))
+                except DinosegError as exc:
+                    features.append(exc)
+        for i, feature in zip(good, features):
+            results[i] = feature
+        return results
+
     def embed_references(
         self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray], names: Sequence[str] | None = None
     ) -> ReferenceSet:
@@ -200,14 +239,51 @@ class InContextSegmenter:
             )
 
     def segment_features(
-        self, references: ReferenceSet, target: TargetFeatures, config: InsidConfig | None = None
+        self,
+        references: ReferenceSet,
+        target: TargetFeatures,
+        config: InsidConfig | None = None,
+        *,
+        prior: np.ndarray | torch.Tensor | None = None,
+        prior_weight: float = 0.5,
+        scene_threshold: float | None = None,
     ) -> Segmentation:
-        """Segment one concept in an already extracted target (steps 6-9)."""
+        """Segment one concept in an already extracted target (steps 6-9).
+
+        Without ``prior`` and ``scene_threshold`` this is the paper's pipeline. A target that is one window of a
+        larger scene can be judged against the whole scene (:func:`dinoseg_core.geo.segment_scene`): with the
+        similarity ``s = (1 - prior_weight) * s_local + prior_weight * prior``, step 6's forward test becomes
+        ``s > scene_threshold`` (the paper's rule when None), step 8's cross term the mean of ``s`` over each
+        cluster, and the keep rule also asks ``cross > scene_threshold`` (:func:`~dinoseg_core.aggregate.aggregate`).
+        Clustering, the backward test, seed selection and the intra / area terms stay local.
+
+        Args:
+            references: from :meth:`embed_references`.
+            target: from :meth:`extract_target` / :meth:`extract_each`.
+            config: per-concept tau / merge_threshold / crf; the feature fields must match the segmenter's.
+            prior: ``(h, w)`` on the target's patch grid (``target.grid``): a similarity known from outside the
+                target, e.g. a whole-scene pass sampled at the target's patch centres.
+            prior_weight: its weight in [0, 1].
+            scene_threshold: similarity threshold of the scene (:func:`dinoseg_core.geo.scene_threshold`).
+        Returns:
+            a :class:`Segmentation`; its ``similarity`` is ``s`` (the fused similarity when a prior is given).
+        """
         config = config or self.config
         self._check_config(config)
         timings = dict(target.timings)
         start = time.perf_counter()
-        candidates, similarity = localise_candidates(target.features_debiased, references)
+        prior_flat = None
+        if prior is not None:
+            if not 0.0 <= prior_weight <= 1.0:
+                raise InputError(f"prior_weight={prior_weight}: must be in [0, 1]")
+            if tuple(prior.shape) != tuple(target.grid):
+                raise InputError(f"prior has shape {tuple(prior.shape)}; it must hold one value per patch of the "
+                                 f"target's {tuple(target.grid)} patch grid")
+            device, dtype = target.features_debiased.device, target.features_debiased.dtype
+            prior_flat = torch.as_tensor(prior, dtype=dtype, device=device).reshape(-1)
+        candidates, similarity = localise_candidates(
+            target.features_debiased, references, prior_flat, prior_weight, scene_threshold
+        )
         timings["matching"] = time.perf_counter() - start
 
         start = time.perf_counter()
@@ -215,8 +291,10 @@ class InContextSegmenter:
         timings["clustering"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        scores = score_clusters(labels, candidates, target.features, target.features_debiased, references.prototype)
-        patch_mask = aggregate(labels, scores, config.merge_threshold).view(target.grid)
+        scores = score_clusters(
+            labels, candidates, target.features, target.features_debiased, references.prototype, similarity
+        )
+        patch_mask = aggregate(labels, scores, config.merge_threshold, min_cross=scene_threshold).view(target.grid)
         input_mask = upsample_patch_mask(patch_mask, target.input_hw).cpu().numpy()
         timings["aggregation"] = time.perf_counter() - start
 
@@ -235,24 +313,6 @@ class InContextSegmenter:
     def segment(self, references: ReferenceSet, image: np.ndarray, name: str = "target") -> Segmentation:
         """Segment the references' concept in one target image (H, W, 3)."""
         return self.segment_features(references, self.extract_target(image, name))
-
-    def segment_many(
-        self, references: ReferenceSet, images: Iterable[tuple[str, np.ndarray]], batch_size: int = 4
-    ) -> Iterator[tuple[str, Segmentation]]:
-        """Segment a stream of (name, image) pairs, ``batch_size`` images per backbone pass."""
-        batch: list[tuple[str, np.ndarray]] = []
-        for item in images:
-            batch.append(item)
-            if len(batch) == batch_size:
-                yield from self._segment_batch(references, batch)
-                batch = []
-        if batch:
-            yield from self._segment_batch(references, batch)
-
-    def _segment_batch(self, references, batch):
-        names = [name for name, _ in batch]
-        for name, target in zip(names, self.extract_targets([image for _, image in batch], names)):
-            yield name, self.segment_features(references, target)
 
     # -- semantic correspondence --------------------------------------------------------------------------------
     def correspond(

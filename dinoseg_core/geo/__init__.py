@@ -2,7 +2,8 @@
 :mod:`dinoseg_core.io.maskwriter`): GeoTIFF/COG windows in, whole-scene masks out with their coordinates, polygons exported.
 
 - :mod:`~dinoseg_core.geo.windows`: :class:`WindowGrid` and the seamless :class:`Stitcher`;
-- :mod:`~dinoseg_core.geo.scene`: :func:`segment_scene` (windows + global context + stitching, bounded memory);
+- :mod:`~dinoseg_core.geo.scene`: :func:`segment_scene` (windows + global context + stitching, bounded memory;
+  the scene comes in through a ``read(window)`` callable);
 - :mod:`~dinoseg_core.geo.georef`: :func:`geo_attrs`, :func:`write_georeference` (CF ``spatial_ref`` + GeoZarr
   ``proj:``/``spatial:`` attributes; rioxarray reads them);
 - :mod:`~dinoseg_core.geo.export`: :func:`masks_to_polygons`, :func:`array_to_polygons`, :func:`export_vectors`
@@ -20,11 +21,12 @@ from dinoseg_core.geo.georef import (
     spatial_ref_attrs,
     write_georeference,
 )
-from dinoseg_core.geo.scene import SceneConfig, SceneResult, segment_features_in_context, segment_scene
+from dinoseg_core.geo.scene import SceneConfig, SceneReader, SceneResult, segment_scene
 from dinoseg_core.geo.windows import Stitcher, WindowGrid
 
 __all__ = [
     "SceneConfig",
+    "SceneReader",
     "SceneResult",
     "Stitcher",
     "WindowGrid",
@@ -34,7 +36,6 @@ __all__ = [
     "geo_attrs",
     "georeference_from_attrs",
     "masks_to_polygons",
-    "segment_features_in_context",
     "segment_scene",
     "spatial_ref_attrs",
     "write_georeference",

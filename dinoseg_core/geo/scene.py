@@ -1,12 +1,13 @@
 """INSID3 on scenes larger than the model input: windows at full resolution, a global pass for context, seamless
 stitching, masks streamed to a writer. Peak memory does not depend on the scene's size.
 
-Usage::
+The scene comes in through a ``read(window, out_shape=None)`` callable, so this module opens no file; with a
+GeoTIFF/COG (:mod:`dinoseg_core.io.raster`)::
 
     source = open_raster("s3://bucket/scene.tif", bands=(4, 3, 2), storage_options=so)
-    refs = segmenter.embed_references([ref_image], [ref_mask])          # e.g. from geo.read_reference
-    with ZarrMaskWriter.create(url, source, storage_options=so) as writer:
-        result = segment_scene(segmenter, refs, source, writer)
+    refs = segmenter.embed_references([ref_image], [ref_mask])          # e.g. from io.raster.read_reference
+    with raster_reader(source) as reader, ZarrMaskWriter.create(url, source, storage_options=so) as writer:
+        result = segment_scene(segmenter, refs, reader.read, source.shape, writer, name=source.display_url)
 
 What happens (:func:`segment_scene`):
 
@@ -23,15 +24,16 @@ What happens (:func:`segment_scene`):
 
        s = (1 - global_weight) * s_local + global_weight * s_global
 
-   ``s`` replaces the prototype similarity where INSID3 uses it (:func:`segment_features_in_context`): the
-   forward candidate test (step 6: ``s > t`` instead of the per-image ``> 0`` / 90th-percentile rule) and the
-   cross term of the cluster score (step 8: the mean of ``s`` over a cluster), and a cluster is kept only if
-   its cross term also exceeds ``t``. Clustering, the backward test, seed selection and the intra/area terms
-   stay local. A concept is thus judged against the whole scene: in a window without the concept, INSID3 alone
-   would keep the best-matching background cluster (the seed always has ``intra = area = 1``, so ``cross >
-   alpha`` suffices); with the scene threshold it comes out empty. Neighbouring windows share the same prior,
-   so they decide alike in their overlap. ``global_context=False`` (or ``global_weight=0``) turns all this
-   off: every window is then segmented exactly as :meth:`InContextSegmenter.segment_features` would.
+   ``s`` replaces the prototype similarity where INSID3 uses it (:meth:`InContextSegmenter.segment_features`
+   with ``prior`` and ``scene_threshold``): the forward candidate test (step 6: ``s > t`` instead of the
+   per-image ``> 0`` / 90th-percentile rule) and the cross term of the cluster score (step 8: the mean of ``s``
+   over a cluster), and a cluster is kept only if its cross term also exceeds ``t``. Clustering, the backward
+   test, seed selection and the intra/area terms stay local. A concept is thus judged against the whole scene:
+   in a window without the concept, INSID3 alone would keep the best-matching background cluster (the seed
+   always has ``intra = area = 1``, so ``cross > alpha`` suffices); with the scene threshold it comes out
+   empty. Neighbouring windows share the same prior, so they decide alike in their overlap.
+   ``global_context=False`` (or ``global_weight=0``) turns all this off: every window is then segmented exactly
+   as :meth:`InContextSegmenter.segment_features` would without a prior.
 
    Limits: the global pass sees the scene at ``context_size`` px, i.e. one patch covers ``16 x scene /
    context_size`` scene pixels (512 px at 16k/512). Concepts much smaller than that (single roofs in a 16k scene)
@@ -60,18 +62,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dinoseg_core.aggregate import aggregate, score_clusters
-from dinoseg_core.candidates import FALLBACK_PERCENTILE, backward_candidates, forward_candidates
+from dinoseg_core.candidates import FALLBACK_PERCENTILE
 from dinoseg_core.config import InsidConfig
 from dinoseg_core.errors import InputError
-from dinoseg_core.io.raster import RasterSource, raster_reader
 from dinoseg_core.geo.windows import MaskWriter, Stitcher, WindowGrid
-from dinoseg_core.preprocess import resize_mask
 from dinoseg_core.prototype import ReferenceSet
-from dinoseg_core.refine import crf_refine, upsample_patch_mask
-from dinoseg_core.segmenter import FEATURE_FIELDS, InContextSegmenter, Segmentation, TargetFeatures
+from dinoseg_core.segmenter import InContextSegmenter, Segmentation, TargetFeatures
 
-__all__ = ["SceneConfig", "SceneResult", "scene_threshold", "segment_features_in_context", "segment_scene"]
+__all__ = ["SceneConfig", "SceneReader", "SceneResult", "scene_threshold", "segment_scene"]
+
+#: ``read(window, out_shape=None) -> (image float32 (h, w, 3) in [0, 1], valid bool (h, w))``. ``window`` is a
+#: ``rasterio.windows.Window`` (``col_off``, ``row_off``, ``width``, ``height``) of the scene, or None for the
+#: whole scene; ``out_shape`` ``(h, w)`` resamples the read (an anti-aliased thumbnail for the whole-scene
+#: pass). E.g. :meth:`dinoseg_core.io.raster.RasterReader.read`.
+SceneReader = Callable[..., tuple[np.ndarray, np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -151,86 +155,6 @@ class SceneResult:
     peak_stitch_bytes: int = 0
 
 
-def segment_features_in_context(
-    segmenter: InContextSegmenter,
-    references: ReferenceSet,
-    target: TargetFeatures,
-    prior: np.ndarray | torch.Tensor | None = None,
-    global_weight: float = 0.5,
-    scene_threshold: float | None = None,
-    config: InsidConfig | None = None,
-) -> Segmentation:
-    """INSID3 steps 6-9 on one window, judged against the whole scene.
-
-    Identical to :meth:`InContextSegmenter.segment_features` when ``prior`` and ``scene_threshold`` are None.
-    Otherwise, with the fused similarity ``s = (1 - w) * s_local + w * prior``:
-
-    - step 6, forward test: ``s > scene_threshold`` (the paper's rule, > 0 else 90th percentile, when None);
-    - step 8, cross term: the mean of ``s`` over each cluster; and a cluster is kept only if, besides the paper's
-      ``cross * intra * area > alpha``, its cross term exceeds ``scene_threshold``: a region whose mean
-      similarity falls on the background side of the scene's split is background, however well it matches
-      within its window (the paper's seed cluster always has ``intra = area = 1``, so in a window without the
-      concept its best-matching background cluster would otherwise survive on ``cross > alpha`` alone).
-
-    Args:
-        prior: ``(h, w)`` (the target's patch grid) global similarity sampled at the target's patch centres.
-        global_weight: ``w`` in [0, 1].
-        scene_threshold: from :func:`scene_threshold`; None: per-image rules as in the paper.
-        config: per-concept tau / merge_threshold / crf (feature fields must match the segmenter's).
-    Returns:
-        a :class:`Segmentation` whose ``similarity`` is the fused similarity.
-    """
-    config = config or segmenter.config
-    differing = [f for f in FEATURE_FIELDS if getattr(config, f) != getattr(segmenter.config, f)]
-    if differing:
-        raise InputError(f"config fields {differing} change the features and must match the segmenter's")
-    timings = dict(target.timings)
-    start = time.perf_counter()
-    prototype = references.prototype.to(target.features_debiased.device)
-    similarity = target.features_debiased @ prototype
-    if prior is not None:
-        prior_t = torch.as_tensor(prior, dtype=similarity.dtype, device=similarity.device).reshape(-1)
-        if prior_t.shape != similarity.shape:
-            raise InputError(f"prior has {prior_t.numel()} values but the target has {similarity.numel()} patches")
-        similarity = (1.0 - global_weight) * similarity + global_weight * prior_t
-    forward = forward_candidates(similarity) if scene_threshold is None else similarity > scene_threshold
-    candidates = forward & backward_candidates(target.features_debiased, references)
-    timings["matching"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    labels = target.clusters(config.tau)
-    timings["clustering"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    scores = score_clusters(labels, candidates, target.features, target.features_debiased, prototype)
-    if prior is not None:
-        label_t = torch.as_tensor(labels, device=similarity.device).long()
-        sums = torch.zeros(int(label_t.max()) + 1, dtype=similarity.dtype, device=similarity.device)
-        sums.index_add_(0, label_t, similarity)
-        counts = torch.bincount(label_t, minlength=sums.shape[0]).clamp_min(1).to(similarity.dtype)
-        scores = dataclasses.replace(scores, cross=sums / counts)  # step 8's cross term on the fused similarity
-    if scene_threshold is None:
-        patch_mask = aggregate(labels, scores, config.merge_threshold).view(target.grid)
-    elif scores.seed < 0:
-        patch_mask = torch.zeros(target.grid, dtype=torch.bool, device=similarity.device)
-    else:
-        keep = (scores.score > config.merge_threshold) & (scores.cross > scene_threshold)
-        patch_mask = keep[torch.as_tensor(labels, device=keep.device).long()].view(target.grid)
-    input_mask = upsample_patch_mask(patch_mask, target.input_hw).cpu().numpy()
-    timings["aggregation"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    if config.crf:
-        input_mask = crf_refine(target.image_resized, input_mask, config.image_size)
-    timings["crf"] = time.perf_counter() - start
-    return Segmentation(
-        mask=resize_mask(input_mask, target.original_hw),
-        similarity=similarity.view(target.grid).float().cpu().numpy(),
-        patch_mask=patch_mask.cpu().numpy(),
-        timings=timings,
-    )
-
-
 def scene_threshold(similarity: np.ndarray, patch_mask: np.ndarray) -> float:
     """The scene's forward threshold from the whole-scene pass: halfway between the mean similarity of the
     patches INSID3 put in the concept and of the others (a two-class split of the scene-level map). When the
@@ -274,9 +198,11 @@ def _sample_prior(
 def segment_scene(
     segmenter: InContextSegmenter,
     references: ReferenceSet,
-    source: RasterSource,
+    read: SceneReader,
+    shape: tuple[int, int],
     writer: MaskWriter,
     *,
+    name: str = "scene",
     config: SceneConfig | None = None,
     window_size: int | None = None,
     overlap: int | None = None,
@@ -291,9 +217,13 @@ def segment_scene(
         segmenter: the in-context segmenter (its ``image_size`` is the model input per window).
         references: embedded once with ``segmenter.embed_references`` (reference images may be GeoTIFF windows:
             :func:`dinoseg_core.geo.read_reference`).
-        source: the scene, from :func:`dinoseg_core.geo.open_raster`.
+        read: ``read(window, out_shape=None) -> (image, valid)`` (:data:`SceneReader`), e.g. the ``read`` of
+            :func:`dinoseg_core.io.raster.raster_reader`; called once for the whole scene (with ``out_shape``)
+            and once per window.
+        shape: ``(H, W)`` of the scene in pixels.
         writer: ``writer(row_off, col_off, mask bool (h, w))``, called with non-overlapping blocks that tile the
             scene exactly once (e.g. :class:`~dinoseg_core.io.maskwriter.ZarrMaskWriter`).
+        name: the scene in messages (e.g. its URL).
         config: a :class:`SceneConfig`; the keyword arguments below override single fields of it.
         insid_config: per-concept tau / merge_threshold / crf (default the segmenter's config).
         progress: called as ``progress(windows_done, windows_total)`` after each window.
@@ -310,57 +240,54 @@ def segment_scene(
                             context_size=config.context_size or image_size)
     insid = insid_config or segmenter.config
     use_context = config.global_context and config.global_weight > 0.0
-    grid = WindowGrid.build(source.height, source.width, config.window_size, config.overlap)
+    height, width = (int(v) for v in shape)
+    grid = WindowGrid.build(height, width, config.window_size, config.overlap)
     timings = dict.fromkeys(("global", "read", "backbone", "segment", "stitch"), 0.0)
     start_all = time.perf_counter()
 
-    with raster_reader(source) as reader:
-        global_sim: torch.Tensor | None = None
-        threshold: float | None = None
-        if use_context:
-            start = time.perf_counter()
-            longer = config.context_size
-            scale = min(1.0, longer / max(source.height, source.width))
-            shape = (max(16, round(source.height * scale)), max(16, round(source.width * scale)))
-            thumb, _ = reader.read(None, out_shape=shape)
-            target = segmenter.extract_target(thumb, f"{source.display_url} (whole scene)")
-            overview = segmenter.segment_features(references, target, insid)
-            global_sim = torch.from_numpy(overview.similarity)
-            threshold = scene_threshold(overview.similarity, overview.patch_mask)
-            del thumb, target, overview
-            timings["global"] = time.perf_counter() - start
+    global_sim: torch.Tensor | None = None
+    threshold: float | None = None
+    if use_context:
+        start = time.perf_counter()
+        scale = min(1.0, config.context_size / max(height, width))
+        thumb_shape = (max(16, round(height * scale)), max(16, round(width * scale)))
+        thumb, _ = read(None, out_shape=thumb_shape)
+        target = segmenter.extract_target(thumb, f"{name} (whole scene)")
+        overview = segmenter.segment_features(references, target, insid)
+        global_sim = torch.from_numpy(overview.similarity)
+        threshold = scene_threshold(overview.similarity, overview.patch_mask)
+        del thumb, target, overview
+        timings["global"] = time.perf_counter() - start
 
-        stitcher = Stitcher(grid, writer, config.threshold)
-        skipped = 0
-        for done, (i, j, window) in enumerate(grid, start=1):
+    stitcher = Stitcher(grid, writer, config.threshold)
+    skipped = 0
+    for done, (i, j, window) in enumerate(grid, start=1):
+        start = time.perf_counter()
+        image, valid = read(window)
+        timings["read"] += time.perf_counter() - start
+        if not valid.any():
+            skipped += 1
+            score = np.zeros(valid.shape, np.float32)
+        else:
             start = time.perf_counter()
-            image, valid = reader.read(window)
-            timings["read"] += time.perf_counter() - start
-            if not valid.any():
-                skipped += 1
-                score = np.zeros(valid.shape, np.float32)
-            else:
-                start = time.perf_counter()
-                target = segmenter.extract_target(image, f"{source.display_url} window ({i}, {j})")
-                timings["backbone"] += time.perf_counter() - start
-                start = time.perf_counter()
-                prior = _sample_prior(global_sim, window, target.grid, source.shape) if use_context else None
-                seg = segment_features_in_context(
-                    segmenter, references, target, prior=prior, global_weight=config.global_weight,
-                    scene_threshold=threshold, config=insid,
-                )
-                score = _soft_score(seg, target, insid.crf)
-                timings["segment"] += time.perf_counter() - start
-                del target, seg
+            target = segmenter.extract_target(image, f"{name} window ({i}, {j})")
+            timings["backbone"] += time.perf_counter() - start
             start = time.perf_counter()
-            stitcher.add(i, j, score, valid)
-            timings["stitch"] += time.perf_counter() - start
-            if progress is not None:
-                progress(done, len(grid))
-        stitcher.close()
+            prior = _sample_prior(global_sim, window, target.grid, (height, width)) if use_context else None
+            seg = segmenter.segment_features(references, target, insid, prior=prior,
+                                             prior_weight=config.global_weight, scene_threshold=threshold)
+            score = _soft_score(seg, target, insid.crf)
+            timings["segment"] += time.perf_counter() - start
+            del target, seg
+        start = time.perf_counter()
+        stitcher.add(i, j, score, valid)
+        timings["stitch"] += time.perf_counter() - start
+        if progress is not None:
+            progress(done, len(grid))
+    stitcher.close()
     timings["total"] = time.perf_counter() - start_all
     return SceneResult(
-        shape=source.shape,
+        shape=(height, width),
         windows=len(grid),
         windows_skipped=skipped,
         foreground_pixels=stitcher.foreground_pixels,

@@ -22,9 +22,10 @@ Only this head is trained; the backbone, the vision head and the text tower stay
 class-permutation equivariance, and that it learns on synthetic data (tests). Its accuracy on real benchmarks is
 unknown until it is trained on COCO-Stuff with the real dino.txt weights.
 
-Checkpoints are safetensors files (:func:`save_checkpoint` / :func:`read_checkpoint`): ``head.<param>`` tensors,
-optionally ``optim.<i>.<state>`` (AdamW) and ``loss_history``, and JSON metadata (head config, step, classes, the
-dino.txt fingerprint).
+A checkpoint is a state dict plus metadata (:func:`checkpoint_state`, :meth:`SegModel.from_checkpoint`):
+``head.<param>`` tensors, optionally ``optim.<i>.<state>`` (AdamW) and ``loss_history``, and JSON-able metadata
+(format, head config, step, classes, the dino.txt fingerprint). Reading and writing it at a URL (a safetensors
+file) is storage: :mod:`dinoseg_core.io.heads`.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from typing import Any
 
 import torch
@@ -43,7 +43,7 @@ from dinoseg_core.errors import CheckpointError, InputError
 from dinoseg_core.ovseg.config import SegHeadConfig
 from dinoseg_core.ovseg.dinotxt import ClassEmbeddings, DinoTxt
 
-__all__ = ["CHECKPOINT_FORMAT", "SegHead", "SegModel", "read_checkpoint", "save_checkpoint"]
+__all__ = ["CHECKPOINT_FORMAT", "SegHead", "SegModel", "checkpoint_state", "head_from_checkpoint"]
 
 CHECKPOINT_FORMAT = "dinoseg-ovseg-head-v1"
 
@@ -184,34 +184,34 @@ class SegModel:
         cls, patches = self.dinotxt.image_tokens(pixels)
         return self.head(cls, patches, classes.cls.to(patches.device), classes.patch.to(patches.device))
 
-    def save(self, url: str | os.PathLike[str], storage_options: dict[str, Any] | None = None,
-             metadata: dict[str, Any] | None = None) -> None:
-        """Write the head (weights + config + the dino.txt fingerprint) as a safetensors file at ``url``."""
-        save_checkpoint(url, self.head, dinotxt_fingerprint=self.dinotxt.fingerprint, metadata=metadata,
-                        storage_options=storage_options)
+    def checkpoint(self, metadata: dict[str, Any] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """The head as a checkpoint (:func:`checkpoint_state`): weights, config and the dino.txt fingerprint."""
+        return checkpoint_state(self.head, dinotxt_fingerprint=self.dinotxt.fingerprint, metadata=metadata)
 
     @classmethod
-    def load(cls, url: str | os.PathLike[str], dinotxt: DinoTxt, storage_options: dict[str, Any] | None = None,
-             *, allow_other_dinotxt: bool = False) -> SegModel:
-        """A model from a head checkpoint (written by :meth:`save` or :func:`~dinoseg_core.ovseg.train.train`).
+    def from_checkpoint(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any], dinotxt: DinoTxt, *,
+                        name: str = "checkpoint", allow_other_dinotxt: bool = False) -> SegModel:
+        """A model from a head checkpoint (:meth:`checkpoint`, or one :func:`~dinoseg_core.ovseg.train.train`
+        wrote); :func:`dinoseg_core.io.heads.load_seg_model` reads one from a URL.
+
+        Args:
+            tensors, meta: the checkpoint's state dict and metadata.
+            name: the checkpoint in error messages (e.g. its URL).
 
         Raises:
-            CheckpointError: not a head checkpoint, a missing/unexpected/misshapen tensor, or (unless
-                ``allow_other_dinotxt``) a head trained on other dino.txt weights than ``dinotxt``.
+            CheckpointError: a missing/unexpected/misshapen tensor, or (unless ``allow_other_dinotxt``) a head
+                trained on other dino.txt weights than ``dinotxt``.
         """
-        tensors, meta = read_checkpoint(url, storage_options)
-        shown = str(url)
         if not allow_other_dinotxt and meta.get("dinotxt_fingerprint") != dinotxt.fingerprint:
             raise CheckpointError(
-                f"{shown}: this head was trained on dino.txt {str(meta.get('dinotxt_fingerprint'))[:12]}..., not on "
+                f"{name}: this head was trained on dino.txt {str(meta.get('dinotxt_fingerprint'))[:12]}..., not on "
                 f"the loaded {dinotxt.fingerprint[:12]}... ({dinotxt.spec!r}); its features would not match. Load "
                 "the same backbone, dino.txt and vocabulary files, or pass allow_other_dinotxt=True.")
-        head = head_from_checkpoint(tensors, meta, shown)
-        return cls(dinotxt, head)
+        return cls(dinotxt, head_from_checkpoint(tensors, meta, name))
 
 
 def head_from_checkpoint(tensors: dict[str, torch.Tensor], meta: dict[str, Any], shown: str) -> SegHead:
-    """Build a :class:`SegHead` from :func:`read_checkpoint`'s output, every ``head.*`` tensor checked."""
+    """Build a :class:`SegHead` from a checkpoint's state dict and metadata, every ``head.*`` tensor checked."""
     try:
         config = SegHeadConfig.from_dict(meta["head_config"])
     except (KeyError, TypeError, InputError) as exc:
@@ -232,15 +232,18 @@ def head_from_checkpoint(tensors: dict[str, torch.Tensor], meta: dict[str, Any],
     return head
 
 
-def save_checkpoint(url: str | os.PathLike[str], head: SegHead, *, dinotxt_fingerprint: str,
-                    optimizer: torch.optim.Optimizer | None = None, step: int = 0,
-                    losses: list[float] | None = None, metadata: dict[str, Any] | None = None,
-                    storage_options: dict[str, Any] | None = None) -> None:
-    """Write a head checkpoint (safetensors) to ``url``, atomically where the storage allows."""
-    from safetensors.torch import save
+def checkpoint_state(head: SegHead, *, dinotxt_fingerprint: str, optimizer: torch.optim.Optimizer | None = None,
+                     step: int = 0, losses: list[float] | None = None, metadata: dict[str, Any] | None = None
+                     ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """What a head checkpoint holds: (tensors on the CPU, JSON-able metadata).
 
-    from dinoseg_core.io import storage
-
+    Args:
+        optimizer: its tensor state goes in as ``optim.<param index>.<name>``, its param groups in the metadata,
+            so that training resumes exactly.
+        step: optimiser steps done.
+        losses: the loss of every step so far (``loss_history``, float64).
+        metadata: more entries for the metadata (class names, the training config, ...).
+    """
     tensors = {f"head.{k}": v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
     meta: dict[str, Any] = {"format": CHECKPOINT_FORMAT, "head_config": head.config.to_dict(), "step": int(step),
                             "dinotxt_fingerprint": dinotxt_fingerprint}
@@ -254,37 +257,4 @@ def save_checkpoint(url: str | os.PathLike[str], head: SegHead, *, dinotxt_finge
     if losses is not None:
         tensors["loss_history"] = torch.tensor(losses, dtype=torch.float64)
     meta.update(metadata or {})
-    storage.write_bytes(url, save(tensors, metadata={"dinoseg": json.dumps(meta)}), storage_options)
-
-
-def read_checkpoint(url: str | os.PathLike[str], storage_options: dict[str, Any] | None = None
-                    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """(tensors, metadata) of a head checkpoint.
-
-    Raises:
-        CheckpointError: unreadable, not safetensors, or not a dinoseg head checkpoint.
-        ObjectNotFoundError: nothing at ``url``.
-    """
-    from safetensors.torch import load
-
-    from dinoseg_core.io import storage
-
-    shown = storage.display_url(url)
-    data = storage.read_bytes(url, storage_options)
-    try:
-        tensors = load(data)
-        # safetensors.torch.load drops the metadata; it sits in the JSON header after an 8-byte length.
-        header_len = int.from_bytes(data[:8], "little")
-        header = json.loads(data[8:8 + header_len])
-        raw = (header.get("__metadata__") or {}).get("dinoseg")
-    except Exception as exc:
-        raise CheckpointError(f"{shown}: not a safetensors file ({type(exc).__name__}: {exc}); expected a dinoseg "
-                              "head checkpoint.") from exc
-    try:
-        meta = json.loads(raw) if raw else {}
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{shown}: corrupt dinoseg metadata ({exc}).") from exc
-    if meta.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{shown}: not a dinoseg head checkpoint (format {meta.get('format')!r}, expected "
-                              f"{CHECKPOINT_FORMAT!r}).")
     return tensors, meta

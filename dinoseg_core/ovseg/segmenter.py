@@ -4,7 +4,7 @@
 Usage::
 
     dinotxt = load_dinotxt(weights, backbone="dinov3-vitl16", bpe="bpe_simple_vocab_16e6.txt.gz")
-    segmenter = TextSegmenter(dinotxt)                       # zero-shot, or TextSegmenter(SegModel.load(url, dinotxt))
+    segmenter = TextSegmenter(dinotxt)                       # zero-shot, or TextSegmenter(load_seg_model(url, dinotxt))
     classes = segmenter.embed_classes(["building", "road", "water"])   # once per class list
     for image in images:                                     # float32 (H, W, 3) in [0, 1]
         result = segmenter.segment(image, classes)           # result.labels: uint16 (H, W), 0 = background

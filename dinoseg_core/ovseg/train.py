@@ -8,6 +8,7 @@ cosine learning rate. Each step draws its images, crops and flips from a generat
 schedule spans ``steps``): the test interrupts a run and checks equal losses.
 
 Progress is reported through ``on_step(step, loss)``; a Prefect task can turn that into logs and artifacts.
+Checkpoints go to an injected :class:`CheckpointStore` (at a URL: :class:`dinoseg_core.io.heads.HeadCheckpoint`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -24,10 +25,26 @@ import torch.nn.functional as F
 
 from dinoseg_core.errors import CheckpointError, InputError
 from dinoseg_core.ovseg.config import TrainConfig
-from dinoseg_core.ovseg.model import SegModel, head_from_checkpoint, read_checkpoint, save_checkpoint
+from dinoseg_core.ovseg.model import SegModel, checkpoint_state, head_from_checkpoint
 from dinoseg_core.ovseg.windows import resize_short_side
 
-__all__ = ["TrainResult", "loss_curve", "sample_batch", "train"]
+__all__ = ["CheckpointStore", "TrainResult", "loss_curve", "sample_batch", "train"]
+
+
+class CheckpointStore(Protocol):
+    """Where :func:`train` keeps its checkpoint (e.g. :class:`dinoseg_core.io.heads.HeadCheckpoint` at a URL).
+
+    Attributes:
+        name: the checkpoint in messages and in :attr:`TrainResult.checkpoint`.
+    """
+
+    name: str
+
+    def read(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+        """(tensors, metadata) saved so far (:func:`~dinoseg_core.ovseg.model.checkpoint_state`), or None."""
+
+    def write(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        """Replace the saved checkpoint."""
 
 
 @dataclass(frozen=True)
@@ -38,7 +55,7 @@ class TrainResult:
         losses: the loss of every step from step 0 (a resumed run includes the steps before the resume).
         step: steps completed (== the ``steps`` asked for).
         resumed_from: step the run resumed at (0 for a fresh run).
-        checkpoint: where the last checkpoint was written, or None.
+        checkpoint: the name of the checkpoint store that holds the run's last checkpoint, or None.
         seconds: wall time of this call.
     """
 
@@ -109,8 +126,7 @@ def train(
     steps: int,
     *,
     config: TrainConfig | None = None,
-    checkpoint: str | None = None,
-    storage_options: dict[str, Any] | None = None,
+    checkpoint: CheckpointStore | None = None,
     resume: bool = True,
     on_step: Callable[[int, float], None] | None = None,
 ) -> TrainResult:
@@ -122,8 +138,8 @@ def train(
             attribute (e.g. :class:`~dinoseg_core.ovseg.data.SegDataset`).
         steps: total steps; a resumed run does ``steps - checkpoint step`` more.
         config: :class:`TrainConfig`.
-        checkpoint: URL of the safetensors checkpoint, written every ``config.checkpoint_every`` steps and at the
-            end; with ``resume``, an existing one there is loaded first.
+        checkpoint: where the checkpoint is written every ``config.checkpoint_every`` steps and at the end; with
+            ``resume``, one saved there before is loaded first.
         on_step: called with (step, loss) after every step (after that step's checkpoint, if any).
 
     Raises:
@@ -131,8 +147,6 @@ def train(
             dino.txt.
         InputError: ``steps`` < 0 or a crop that is not a multiple of the patch size.
     """
-    from dinoseg_core.io import storage
-
     config = config or TrainConfig()
     started = time.perf_counter()
     if not isinstance(steps, int) or steps < 0:
@@ -146,9 +160,10 @@ def train(
     optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     losses: list[float] = []
     start = 0
-    if checkpoint is not None and resume and storage.exists(checkpoint, storage_options):
-        tensors, meta = read_checkpoint(checkpoint, storage_options)
-        shown = storage.display_url(checkpoint)
+    saved = checkpoint.read() if checkpoint is not None and resume else None
+    if saved is not None:
+        tensors, meta = saved
+        shown = checkpoint.name
         problems = []
         if meta.get("dinotxt_fingerprint") != model.dinotxt.fingerprint:
             problems.append("another dino.txt")
@@ -176,11 +191,11 @@ def train(
 
     def save(step: int) -> str:
         assert checkpoint is not None
-        save_checkpoint(checkpoint, head, dinotxt_fingerprint=model.dinotxt.fingerprint, optimizer=optimizer,
-                        step=step, losses=losses, storage_options=storage_options,
-                        metadata={"class_names": class_names, "train_config": config.to_dict(),
-                                  "dinotxt_spec": model.dinotxt.spec})
-        return checkpoint
+        checkpoint.write(*checkpoint_state(
+            head, dinotxt_fingerprint=model.dinotxt.fingerprint, optimizer=optimizer, step=step, losses=losses,
+            metadata={"class_names": class_names, "train_config": config.to_dict(), "dinotxt_spec": model.dinotxt.spec},
+        ))
+        return checkpoint.name
 
     head.train()
     try:
@@ -206,5 +221,5 @@ def train(
     finally:
         head.eval()
     return TrainResult(losses=losses, step=max(steps, start), resumed_from=resumed_from,
-                       checkpoint=written or (checkpoint if checkpoint is not None and resumed_from else None),
+                       checkpoint=written or (checkpoint.name if checkpoint is not None and resumed_from else None),
                        seconds=time.perf_counter() - started)

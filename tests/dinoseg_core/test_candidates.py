@@ -52,3 +52,23 @@ def test_chunked_nearest_neighbours_equal_the_full_argmax():
     g = torch.Generator().manual_seed(0)
     q, k = F.normalize(torch.randn(333, 16, generator=g), dim=1), F.normalize(torch.randn(77, 16, generator=g), dim=1)
     assert torch.equal(nearest_neighbours(q, k, chunk=50), (q @ k.T).argmax(1))
+
+
+def test_a_scene_threshold_replaces_the_paper_forward_rule():
+    similarity = torch.tensor([0.6, 0.3, -0.1, 0.45])
+    assert forward_candidates(similarity, threshold=0.4).tolist() == [True, False, False, True]
+    # no patch above the scene's threshold: no candidate, and no 90th-percentile fallback
+    assert not forward_candidates(similarity, threshold=0.9).any()
+
+
+def test_a_prior_is_fused_into_the_forward_test_only():
+    ref_feats = unit([1.0, 0.0, 0.0], [0.0, 1.0, 0.2])
+    refs = make_refs([(ref_feats, torch.tensor([True, False]))])
+    target = unit([1.0, 0.2, 0.0], [0.3, 1.0, 0.0], [1.0, 0.0, 0.1])
+    local = target @ refs.prototype
+    prior = torch.tensor([-1.0, 1.0, 0.0])
+    candidates, fused = localise_candidates(target, refs, prior, prior_weight=0.5, threshold=0.2)
+    torch.testing.assert_close(fused, 0.5 * local + 0.5 * prior)
+    # patch 0 matches locally but the prior pulls it below the threshold; patch 1 passes the forward test on the
+    # prior but the backward test (local) still rejects it, as its nearest reference patch is background
+    assert fused[1] > 0.2 and candidates.tolist() == [False, False, True]

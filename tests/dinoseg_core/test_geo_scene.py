@@ -12,11 +12,11 @@ from scipy import ndimage
 from dinoseg_core.backbone import load_backbone
 from dinoseg_core.config import InsidConfig
 from dinoseg_core.errors import InputError
-from dinoseg_core.geo import SceneConfig, WindowGrid, segment_features_in_context, segment_scene
-from dinoseg_core.io.raster import open_raster
-from dinoseg_core.io.maskwriter import ZarrMaskWriter
+from dinoseg_core.geo import SceneConfig, WindowGrid, segment_scene
 from dinoseg_core.geo.scene import scene_threshold
 from dinoseg_core.geo.synthetic import RGB_BANDS, write_synthetic_geotiff
+from dinoseg_core.io.maskwriter import ZarrMaskWriter
+from dinoseg_core.io.raster import open_raster, raster_reader
 from dinoseg_core.segmenter import InContextSegmenter
 from dinoseg_core.synthetic import generate_scene
 
@@ -60,7 +60,7 @@ def test_overlap_must_stay_below_the_default_window():
         config = InsidConfig(image_size=256)
 
     with pytest.raises(InputError, match="overlap=256 must be smaller than window_size=256"):
-        segment_scene(Stub(), None, None, lambda *a: None, overlap=256)
+        segment_scene(Stub(), None, None, (256, 256), lambda *a: None, overlap=256)
 
 
 def test_scene_threshold_splits_the_global_map():
@@ -80,21 +80,33 @@ def tiny():
 
 
 @pytest.mark.slow
-def test_without_context_a_window_is_segmented_exactly_as_the_segmenter_does(tiny):
-    segmenter = InContextSegmenter(tiny, InsidConfig(image_size=256, tau=RANDOM_WEIGHTS_TAU))
-    scene = generate_scene(5, 256)
-    refs = segmenter.embed_references([generate_scene(0, 256).image], [generate_scene(0, 256).labels[CONCEPT]])
-    target = segmenter.extract_target(scene.image)
-    plain = segmenter.segment_features(refs, target)
-    same = segment_features_in_context(segmenter, refs, target)
-    np.testing.assert_array_equal(plain.mask, same.mask)
-    np.testing.assert_array_equal(plain.patch_mask, same.patch_mask)
-    np.testing.assert_allclose(plain.similarity, same.similarity)
-    # weight 0 with a prior changes nothing either
-    zero = segment_features_in_context(segmenter, refs, target, prior=np.full(target.grid, 9.0), global_weight=0.0)
-    np.testing.assert_array_equal(plain.mask, zero.mask)
-    with pytest.raises(InputError, match="patches"):
-        segment_features_in_context(segmenter, refs, target, prior=np.zeros((3, 3)))
+def test_the_scene_comes_in_through_a_read_callable(tiny):
+    """No raster: an in-memory scene read by a plain function; the whole-scene pass asks for a thumbnail."""
+    segmenter = InContextSegmenter(tiny, InsidConfig(image_size=128, tau=RANDOM_WEIGHTS_TAU))
+    reference = generate_scene(0, 128)
+    refs = segmenter.embed_references([reference.image], [reference.labels[CONCEPT]])
+    scene = generate_scene(1, 256).image[:160, :200]
+    valid = np.ones(scene.shape[:2], bool)
+    valid[96:, 136:] = False  # a nodata corner: never foreground; the last window lies inside it
+    calls = []
+
+    def read(window, out_shape=None):
+        calls.append((window, out_shape))
+        if window is None:  # nearest is enough for a test; a raster reader averages
+            rows = np.linspace(0, scene.shape[0] - 1, out_shape[0]).round().astype(int)
+            cols = np.linspace(0, scene.shape[1] - 1, out_shape[1]).round().astype(int)
+            return scene[np.ix_(rows, cols)], valid[np.ix_(rows, cols)]
+        r, c, h, w = window.row_off, window.col_off, window.height, window.width
+        return scene[r : r + h, c : c + w], valid[r : r + h, c : c + w]
+
+    writer = ArrayWriter((160, 200))
+    result = segment_scene(segmenter, refs, read, (160, 200), writer, name="memory scene", overlap=16,
+                           window_size=64)
+    assert calls[0] == (None, (102, 128)) and all(out is None for _, out in calls[1:])
+    assert result.shape == (160, 200) and result.windows == len(calls) - 1 == len(WindowGrid.build(160, 200, 64, 16))
+    assert result.windows_skipped == 1 and result.scene_threshold is not None
+    assert (writer.count == 1).all() and writer.mask.any() and not writer.mask[96:, 136:].any()
+    assert result.foreground_pixels == writer.mask.sum()
 
 
 @pytest.mark.slow
@@ -114,7 +126,8 @@ def test_peak_memory_does_not_grow_with_scene_size(tiny, tmp_path):
             counts["pixels"] += block.size
 
         tracemalloc.start()
-        result = segment_scene(segmenter, refs, source, writer, window_size=256, overlap=32)
+        with raster_reader(source) as reader:
+            result = segment_scene(segmenter, refs, reader.read, source.shape, writer, window_size=256, overlap=32)
         peaks[size] = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         assert counts["pixels"] == size * size and result.windows == len(WindowGrid.build(size, size, 256, 32))
@@ -166,8 +179,9 @@ def _border_breaks(pred, truth, lines, axis):
 def test_large_scene_is_seamless_georeferenced_and_masks_nodata(segmenter, references, big_scene, tmp_path):
     source, truth = big_scene
     url = str(tmp_path / "mask.zarr")
-    with ZarrMaskWriter.create(url, source, attributes={"concept": CONCEPT}) as writer:
-        result = segment_scene(segmenter, references, source, writer, window_size=512, overlap=128)
+    with raster_reader(source) as reader, ZarrMaskWriter.create(url, source, attributes={"concept": CONCEPT}) as writer:
+        result = segment_scene(segmenter, references, reader.read, source.shape, writer, name=source.display_url,
+                               window_size=512, overlap=128)
     grid = WindowGrid.build(1024, 1024, 512, 128)
     assert result.windows == len(grid) == 9 and result.shape == (1024, 1024)
     assert result.global_similarity.shape == (32, 32) and result.scene_threshold is not None
@@ -214,7 +228,8 @@ def test_global_context_can_be_turned_off(tiny, big_scene):
     refs = segmenter.embed_references([reference.image], [reference.labels[CONCEPT]])
     writer = ArrayWriter(source.shape)
     config = SceneConfig(window_size=512, overlap=128, global_context=False)  # windows downscaled 2x to 256 px
-    result = segment_scene(segmenter, refs, source, writer, config=config)
+    with raster_reader(source) as reader:
+        result = segment_scene(segmenter, refs, reader.read, source.shape, writer, config=config)
     assert result.global_similarity is None and result.scene_threshold is None and result.timings["global"] == 0
     assert result.config["global_context"] is False and result.config["context_size"] == 256
     assert (writer.count == 1).all()

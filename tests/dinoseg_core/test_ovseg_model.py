@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from dinoseg_core.errors import CheckpointError, InputError
+from dinoseg_core.io.heads import HeadCheckpoint, read_head_checkpoint
 from dinoseg_core.ovseg import (
     OvsegConfig,
     SegHead,
@@ -17,7 +18,6 @@ from dinoseg_core.ovseg import (
     load_dinotxt,
     train,
 )
-from dinoseg_core.ovseg.model import read_checkpoint
 from tests.ovseg_factory import SHAPE_CLASSES, shapes_dataset
 
 HEAD = SegHeadConfig(feature_dim=64, hidden=16, early_blocks=1, spatial_blocks=1, class_blocks=1, class_heads=2,
@@ -62,20 +62,15 @@ def test_model_needs_matching_width(dinotxt):
         SegModel(dinotxt, config=HEAD.replace(feature_dim=128))
 
 
-def test_save_load_round_trip(dinotxt, tmp_path):
+def test_a_checkpoint_is_a_state_dict_the_model_takes_without_storage(dinotxt):
     model = fresh_model(dinotxt)
-    url = "memory://ovseg-model/head.safetensors"
-    model.save(url)
-    loaded = SegModel.load(url, dinotxt)
-    for (name, a), (_, b) in zip(model.head.state_dict().items(), loaded.head.state_dict().items()):
-        assert torch.equal(a, b), name
-    assert loaded.fingerprint() == model.fingerprint() != fresh_model(dinotxt, seed=1).fingerprint()
-    other = load_dinotxt("random:tiny@1", device="cpu")
-    with pytest.raises(CheckpointError, match="trained on dino.txt"):
-        SegModel.load(url, other)
-    (tmp_path / "x.safetensors").write_bytes(b"junk")
-    with pytest.raises(CheckpointError, match="not a safetensors file"):
-        SegModel.load(str(tmp_path / "x.safetensors"), dinotxt)
+    tensors, meta = model.checkpoint({"note": "x"})
+    assert meta["note"] == "x" and meta["head_config"] == HEAD.to_dict()
+    loaded = SegModel.from_checkpoint(tensors, meta, dinotxt)
+    assert loaded.fingerprint() == model.fingerprint()
+    tensors.pop(next(iter(tensors)))
+    with pytest.raises(CheckpointError, match="my head: head tensors do not match"):
+        SegModel.from_checkpoint(tensors, meta, dinotxt, name="my head")
 
 
 def test_trained_model_segments_at_image_size(dinotxt):
@@ -95,15 +90,16 @@ def test_resume_continues_exactly(dinotxt, tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train(fresh_model(dinotxt), data, 4, config=TRAIN, checkpoint=url, on_step=crash)
+        train(fresh_model(dinotxt), data, 4, config=TRAIN, checkpoint=HeadCheckpoint(url), on_step=crash)
     resumed_model = fresh_model(dinotxt, seed=123)  # different init: everything must come from the checkpoint
     seen = []
-    second = train(resumed_model, data, 4, config=TRAIN, checkpoint=url, on_step=lambda s, loss: seen.append(s))
-    assert second.resumed_from == 2 and seen == [2, 3]
+    second = train(resumed_model, data, 4, config=TRAIN, checkpoint=HeadCheckpoint(url),
+                   on_step=lambda s, loss: seen.append(s))
+    assert second.resumed_from == 2 and seen == [2, 3] and second.checkpoint == url
     np.testing.assert_allclose(second.losses, straight.losses, rtol=1e-5)
-    tensors, meta = read_checkpoint(url)
+    tensors, meta = read_head_checkpoint(url)
     assert meta["step"] == 4 and meta["class_names"] == list(SHAPE_CLASSES) and len(tensors["loss_history"]) == 4
-    done = train(resumed_model, data, 4, config=TRAIN, checkpoint=url)  # nothing left to do
+    done = train(resumed_model, data, 4, config=TRAIN, checkpoint=HeadCheckpoint(url))  # nothing left to do
     assert done.resumed_from == 4 and len(done.losses) == 4
     with pytest.raises(CheckpointError, match="another head architecture"):
-        train(SegModel(dinotxt, config=HEAD.replace(hidden=32)), data, 5, config=TRAIN, checkpoint=url)
+        train(SegModel(dinotxt, config=HEAD.replace(hidden=32)), data, 5, config=TRAIN, checkpoint=HeadCheckpoint(url))
