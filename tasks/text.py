@@ -21,6 +21,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from dinoseg_core.io.archive import MaskArchive
+from dinoseg_core.io.heads import load_seg_model
 from dinoseg_core.ovseg import (
     ClassEmbeddings,
     DinoTxt,
@@ -80,7 +81,7 @@ def segmenter(spec: TextModelSpec, config: OvsegConfig, storage_options: dict[st
         key = (spec, _options_key(storage_options))
         with _lock:
             if key not in _seg_models:
-                _seg_models[key] = SegModel.load(spec.head, model, storage_options)
+                _seg_models[key] = load_seg_model(spec.head, model, storage_options)
             model = _seg_models[key]
     return TextSegmenter(model, config)
 

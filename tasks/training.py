@@ -13,6 +13,7 @@ from prefect.cache_policies import NO_CACHE
 
 from dinoseg_core.errors import InputError
 from dinoseg_core.io import storage
+from dinoseg_core.io.heads import HeadCheckpoint
 from dinoseg_core.ovseg import (
     OvsegConfig,
     SegDataset,
@@ -103,7 +104,7 @@ def train_head(data: DatasetSpec, model: TextModelSpec, checkpoint: str, steps: 
                         sum(window) / len(window), len(window))
             window.clear()
 
-    result = train(seg_model, dataset, steps, config=config, checkpoint=checkpoint, storage_options=so,
+    result = train(seg_model, dataset, steps, config=config, checkpoint=HeadCheckpoint(checkpoint, so),
                    resume=resume, on_step=on_step)
     curve = loss_curve(result.losses, log_every)
     new_steps = result.step - result.resumed_from

@@ -8,5 +8,6 @@
 - :mod:`~dinoseg_core.io.archive`: the versioned Zarr mask archive;
 - :mod:`~dinoseg_core.io.manifest`: reference manifests (YAML/JSON);
 - :mod:`~dinoseg_core.io.featurestore`: the content-keyed cache of positional bases and reference embeddings;
-- :mod:`~dinoseg_core.io.checkpoints`: model weights fetched from any URL into a local cache.
+- :mod:`~dinoseg_core.io.checkpoints`: model weights fetched from any URL into a local cache;
+- :mod:`~dinoseg_core.io.heads`: trained dinov3.seg head checkpoints (safetensors) at any URL.
 """

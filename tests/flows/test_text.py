@@ -14,7 +14,8 @@ from PIL import Image
 from dinoseg_core.errors import InputError
 from dinoseg_core.io import imageio, storage
 from dinoseg_core.io.archive import MaskArchive, image_key
-from dinoseg_core.ovseg import SegModel, load_dinotxt
+from dinoseg_core.io.heads import load_seg_model
+from dinoseg_core.ovseg import load_dinotxt
 from flows.cli import main as cli
 from flows.text import evaluate_ovss, label_with_text, sparkline, train_ovss
 from tests.ovseg_factory import SHAPE_CLASSES, shapes_image
@@ -120,7 +121,7 @@ def test_train_lowers_the_loss_writes_a_checkpoint_and_resumes_then_evaluate(tmp
     assert result["steps"] == 16 and result["resumed_from"] == 0 and len(result["loss_curve"]) == 4
     assert result["final_loss"] < 0.8 * result["first_loss"], result["loss_curve"]
     assert {"progress", "table", "markdown"} <= {a["type"] for a in artifacts_of(first)}
-    model = SegModel.load(checkpoint, load_dinotxt(TINY, device="cpu"))
+    model = load_seg_model(checkpoint, load_dinotxt(TINY, device="cpu"))
     assert model.head.config.hidden == 16
 
     resumed = train_ovss(steps=20, **common)
