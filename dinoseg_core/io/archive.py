@@ -3,70 +3,11 @@
 Storage adapter only (zarr + fsspec through :mod:`dinoseg_core.io.storage`); it knows nothing of the method. The
 archive works on any URL zarr and fsspec can open: local paths, ``file://``, ``memory://``, ``s3://`` ...
 
-Layout (schema version 1)
--------------------------
-::
-
-    <archive>/zarr.json                              root group; attrs: dinoseg_schema_version (int, 1),
-                                                     created (ISO 8601 UTC), dinoseg_version, dinoseg_layout
-    <archive>/masks/<concept>/                       group, attrs: concept
-    <archive>/masks/<concept>/<image_key>/           group = the mask RECORD. Its attrs are the provenance of the
-                                                     current mask (below) plus version, group, status "complete".
-                                                     Absent (or without zarr.json) until the first mask is published.
-    <archive>/masks/<concept>/<image_key>/<version>/ group = one immutable VERSION of the mask; same attrs
-        mask                                         uint8 (H, W), 0 / 255, the image's original size,
-                                                     chunks 512 x 512 (no sharding), dimension_names ("y", "x")
-        similarity                                   optional float16 (h, w) patch-grid cosine similarity with the
-                                                     concept prototype, one chunk, dimension_names ("py", "px")
-    <archive>/runs/<run_id>/                         group; attrs = the run log (start/end, counts, failures, ...)
-
-Provenance attributes of a record and of its version group: ``source_uri``, ``source_sha256``, ``concept``,
-``image_key``, ``backbone`` (spec), ``backbone_fingerprint``, ``config`` (the method's config as a dict: INSID3 fields, plus the windowing and bands for scenes, or the
-open-vocabulary config for text classes),
-``config_digest``, ``reference_set_hash``, ``dinoseg_version``, ``created``, ``status`` ("complete"),
-``version``, ``group`` (path of the version group inside the archive), ``shape`` ([H, W]), ``mask_sha256``
-(sha256 of the uint8 0/255 C-order bytes), ``similarity_shape`` ([h, w] or null), plus any extra keys the caller
-passed (timings, CRS, ...).
-
-``<image_key>`` comes from :func:`image_key`: the sanitised path of the source (relative to an input prefix when
-one is given) plus 12 hex digits of the sha256 of the full normalised URI, e.g. ``tiles_2024_t_001.png-
-3fa2c19d0b7e``, so two ``tile.png`` in different folders never collide. ``<version>`` is
-``v<UTC yyyymmddTHHMMSS>Z-<8 hex>``, unique per write.
-
-Reading with other tools: ``rec = archive.mask_record("roof", key)`` then
-``xarray.open_zarr(url, group=rec["group"], consolidated=False)`` gives a Dataset with ``mask (y, x)`` and
-``similarity (py, px)`` and the provenance as attrs; ``zarr.open_group(url, mode="r")[rec["group"]]`` likewise.
-One group per image version (rather than every image as a variable of ``masks/<concept>``) because images have
-different sizes: xarray needs per-array dimension names, and a Dataset of thousands of unrelated rasters is of
-no use to anyone.
-
-Why versions and a pointer (atomic visibility)
-----------------------------------------------
-Object stores have no rename and no multi-object transaction, and a zarr array's chunks live under its own path,
-so an array cannot be rewritten in place without readers seeing a mix of old and new chunks. So a mask is never
-rewritten: every :meth:`MaskArchive.write_mask` writes a *new* version group (group zarr.json with status
-"writing", then the arrays and their chunks, then the version's zarr.json again with status "complete"), and
-only then *publishes* it by writing the record's zarr.json: a single object PUT (atomic on S3/GCS; atomic
-tmp + rename locally). Consequences:
-
-- A reader sees either no record, or the previous complete mask, or the new complete mask; never a half-written
-  one. A writer that crashes leaves an unpublished version that nobody reads (:meth:`MaskArchive.vacuum`
-  removes such orphans later); the next run writes the mask again.
-- Relabelling keeps the old mask readable until the new one is published; the replaced version is deleted after
-  the publish.
-- Two processes writing the same archive are safe: different images touch disjoint paths; two writers of the
-  same image each write their own version and the last publish wins, so the record always points at a version
-  written entirely by one writer. A writer deletes only the version it replaced, never the current one; the
-  loser of such a race may leave an orphan version behind (vacuum).
-- A reader can lose a race with the deletion of a replaced version (it read the old record just before the
-  publish). :meth:`MaskArchive.load` checks ``mask_sha256`` and re-reads the record, so it returns a
-  consistent (record, mask) pair; raw zarr/xarray readers holding an old version open may see it vanish.
-
-No zarr feature the spec leaves unsafe for concurrent writers is used: no sharding (writers of different inner
-chunks of one shard lose data), no consolidated metadata during writes, no read-modify-write of a shared
-attribute (every record and run log is its own object). The archive's own reads never use consolidated
-metadata; :meth:`MaskArchive.consolidate` exists for read-mostly snapshots and must be re-run after any write,
-and its cost grows with the archive (the root zarr.json then holds every node).
+The layout (schema version 1), the provenance attributes, image keys, atomic publishing and what concurrent
+writers may do are described once, in ``docs/archive.md``. In short: ``masks/<concept>/<image_key>/`` is a
+record (group attrs: the current mask's provenance) pointing at an immutable version group ``<version>/`` that
+holds ``mask`` (uint8 (H, W), 0/255) and optionally ``similarity`` (float16 (h, w)); a version becomes visible
+by one atomic write of the record's ``zarr.json``; ``runs/<run_id>/`` holds the run logs.
 """
 
 from __future__ import annotations
