@@ -37,6 +37,7 @@ from dinoseg_core.io.archive import MaskArchive
 from tasks.labelling import ImageOutcome, LabelJob, Labeller, label_batch
 from tasks.options import RunOptions, run_options
 from tasks.reporting import write_run_log
+from tasks.runtime import thread_budget
 from tasks.sources import WorkItem, input_prefix, list_images
 
 #: Flow results (the run's summary) are plain dicts: never pickled, wherever results are persisted.
@@ -62,6 +63,7 @@ def label(
     run_id = str(flow_run.get_id() or uuid.uuid4())
     created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     runner = task_runner(run)  # a bad choice fails before any work
+    threads = thread_budget()
     if run.concurrency_limit is not None:
         _check_concurrency_limit(run.concurrency_limit)
     so = run.storage_options
@@ -72,11 +74,12 @@ def label(
     jobs = [({"items": batch, "labeller": labeller, "job": job}, [item.url for item in batch])
             for batch in batches(items, run.batch_size, labeller.scenes)]
     kinds = {item.kind for item in items} if labeller.scenes else {"tile"}
-    get_run_logger().info("%d image(s) (%s) in %d batch(es)", len(items), ", ".join(sorted(kinds)), len(jobs))
+    get_run_logger().info("%d image(s) (%s) in %d batch(es); %d batch(es) at once; threads %s", len(items),
+                          ", ".join(sorted(kinds)), len(jobs), run.workers, threads)
     labelling_started = time.perf_counter()
     outcomes = run_jobs(runner, jobs, f"dinoseg: {len(items)} images")
     record = {"started": created, "images": images if isinstance(images, str) else list(images),
-              **parameters, "run": run.model_dump(exclude={"storage_options"})}
+              **parameters, "run": run.model_dump(exclude={"storage_options"}), "threads": threads}
     return finish_run(outcomes, archive, so, started, labelling_started, run_id, record, title=title)
 
 

@@ -87,34 +87,34 @@ class ConceptSet:
         by_name = {c.name: c for c in self.concepts}
         written: dict[str, list[str]] = {t.url: [] for t in tiles}
         failed: dict[str, Exception] = {}
-        # the backbone work holds a slot of the run's concurrency limit, if any (one batch per slot)
-        with runtime.backbone_slot(job.run.concurrency_limit):
-            for fkey in dict.fromkeys(runtime.feature_key(c.config) for c in self.concepts):
-                group = [t for t in tiles if t.url not in failed
-                         and any(runtime.feature_key(by_name[n].config) == fkey for n in t.todo)]
-                if not group:
-                    continue
-                first = next(c for c in self.concepts if runtime.feature_key(c.config) == fkey)
-                seg = runtime.segmenter(self.backbone, first.config, so, cache)
+        for fkey in dict.fromkeys(runtime.feature_key(c.config) for c in self.concepts):
+            group = [t for t in tiles if t.url not in failed
+                     and any(runtime.feature_key(by_name[n].config) == fkey for n in t.todo)]
+            if not group:
+                continue
+            first = next(c for c in self.concepts if runtime.feature_key(c.config) == fkey)
+            seg = runtime.segmenter(self.backbone, first.config, so, cache)
+            # only the forward holds the device: steps 6-9 and the writes below overlap the next batch's forward
+            with runtime.backbone_turn(seg.backbone.device, job.run.concurrency_limit):
                 features = seg.extract_each([t.image for t in group], [t.url for t in group])
-                for tile, target in zip(group, features):
-                    try:
-                        if isinstance(target, Exception):
-                            raise target
-                        for name in (n for n in tile.todo if runtime.feature_key(by_name[n].config) == fkey):
-                            concept = by_name[name]
-                            result = seg.segment_features(self._references(concept, cache, seg), target,
-                                                          concept.config)
-                            timings = {"read": tile.read_seconds, **result.timings}
-                            archive.write_mask(
-                                name, tile.key, result.mask,
-                                attrs={**tile.source_attrs(), **methods[name].attrs(),
-                                       "timings": {k: round(v, 4) for k, v in timings.items()}},
-                                similarity=result.similarity if job.run.save_similarity else None,
-                            )
-                            written[tile.url].append(name)
-                    except PERMANENT as exc:
-                        failed[tile.url] = exc
+            for tile, target in zip(group, features):
+                try:
+                    if isinstance(target, Exception):
+                        raise target
+                    for name in (n for n in tile.todo if runtime.feature_key(by_name[n].config) == fkey):
+                        concept = by_name[name]
+                        result = seg.segment_features(self._references(concept, cache, seg), target,
+                                                      concept.config)
+                        timings = {"read": tile.read_seconds, **result.timings}
+                        archive.write_mask(
+                            name, tile.key, result.mask,
+                            attrs={**tile.source_attrs(), **methods[name].attrs(),
+                                   "timings": {k: round(v, 4) for k, v in timings.items()}},
+                            similarity=result.similarity if job.run.save_similarity else None,
+                        )
+                        written[tile.url].append(name)
+                except PERMANENT as exc:
+                    failed[tile.url] = exc
         for tile in tiles:
             yield tile, failed.get(tile.url) or tuple(written[tile.url])
 
@@ -134,8 +134,10 @@ class ConceptSet:
             refs = self._references(concept, cache, seg)
 
             def fill(group, concept=concept, seg=seg, refs=refs):
+                # a scene keeps the device for all its windows (a window's steps 6-9 are short beside its forward)
                 with (ZarrMaskWriter.create(group, source, attributes={"long_name": f"{concept.name} mask"}) as writer,
-                      raster_reader(source) as reader, runtime.backbone_slot(job.run.concurrency_limit)):
+                      raster_reader(source) as reader,
+                      runtime.backbone_turn(seg.backbone.device, job.run.concurrency_limit)):
                     result = segment_scene(seg, refs, reader.read, source.shape, writer, name=source.display_url,
                                            config=self.scene, insid_config=concept.config)
                 extra = {"scene_windows": result.windows, "scene_timings": result.timings,
@@ -178,8 +180,8 @@ def prepare_concept(manifest: ReferenceManifest, concept: str, backbone: Backbon
     contents = {url: storage.read_bytes(url, so) for url in manifest.reference_urls() if url in wanted}
     hashes = {url: hashlib.sha256(data).hexdigest() for url, data in contents.items()}
     pairs = [(hashes[p.image_url], hashes[p.mask_url]) for p in spec.references]
-    with runtime.backbone_slot(run.concurrency_limit):  # the basis and the embedding use the backbone
-        seg = runtime.segmenter(backbone, config, so, cache)
+    seg = runtime.segmenter(backbone, config, so, cache)
+    with runtime.backbone_turn(seg.backbone.device, run.concurrency_limit):  # the basis and the embedding
         key = content_key(
             "references", seg.backbone.fingerprint, repr(runtime.feature_key(config)),
             [h for pair in pairs for h in pair], repr(bands),

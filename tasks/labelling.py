@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -35,6 +36,8 @@ from tasks.sources import ItemKind, WorkItem
 
 #: Errors that belong to one item and will not go away on a retry.
 PERMANENT = (InputError, ObjectNotFoundError)
+#: Reader threads per batch (freshness checks, reads, hashes, decodes: I/O-bound, memory bounded by the batch).
+IO_THREADS = 8
 #: Bytes per read when hashing a scene (bounded memory for scenes of many GB).
 HASH_BLOCK = 16 * 2**20
 
@@ -108,10 +111,13 @@ def label_batch(items: list[WorkItem], labeller: Labeller, job: LabelJob) -> lis
     archive = MaskArchive.open(job.archive_url, job.run.storage_options, mode="a")
     outcomes: dict[str, ImageOutcome] = {}
     tiles: list[Pending] = []
-    for item in items:
-        started = time.perf_counter()
+    # freshness checks, reads, hashes and decodes are I/O-bound: the batch's items go through them at once
+    with ThreadPoolExecutor(max_workers=max(1, min(IO_THREADS, len(items)))) as pool:
+        checked = list(pool.map(lambda item: _check(item, labeller, archive, job), items))
+    for item, (pending, error, started) in zip(items, checked):
         try:
-            pending = _out_of_date(item, labeller, archive, job, started)
+            if error is not None:
+                raise error
             if pending is None:
                 outcomes[item.url] = ImageOutcome(item.url, "skipped", seconds=time.perf_counter() - started)
             elif pending.image is None:
@@ -127,6 +133,17 @@ def label_batch(items: list[WorkItem], labeller: Labeller, job: LabelJob) -> lis
         else:
             outcomes[tile.url] = ImageOutcome(tile.url, "labelled", result, time.perf_counter() - tile.started)
     return [outcomes[item.url] for item in items]
+
+
+def _check(item: WorkItem, labeller: Labeller, archive: MaskArchive, job: LabelJob
+           ) -> tuple[Pending | None, Exception | None, float]:
+    """:func:`_out_of_date` in a reader thread: a permanent error is returned for the item, a transient one
+    raised (the batch is retried)."""
+    started = time.perf_counter()
+    try:
+        return _out_of_date(item, labeller, archive, job, started), None, started
+    except PERMANENT as exc:
+        return None, exc, started
 
 
 def _failed(url: str, started: float, exc: Exception) -> ImageOutcome:

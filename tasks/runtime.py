@@ -1,5 +1,10 @@
 """What a worker process keeps between tasks: the backbone (loaded once per process, not once per task),
-segmenters sharing its positional bases, and embedded reference sets.
+segmenters sharing its positional bases, and embedded reference sets; and who may use the backbone when.
+
+One owner of the device at a time: a batch holds its device's turn (:func:`backbone_turn`) only while it is in the
+backbone, so that the other batches of the process read, hash, decode, run steps 6-9 and write meanwhile, and two
+forwards never split the cores between them. The thread budget (:func:`thread_budget`) is set once per process and
+reported in every run log.
 
 Tasks receive only small, picklable values (specs, keys, URLs); the heavy objects live here, looked up by key.
 Reference sets and bases are also persisted in a content-keyed :class:`FeatureCache` so that other processes
@@ -11,10 +16,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
+import torch
 from prefect.concurrency.sync import concurrency
 
 from dinoseg_core.backbone import Backbone, load_backbone
@@ -37,6 +45,7 @@ _bases: dict[str, BasisCache] = {}
 _segmenters: dict[tuple, InContextSegmenter] = {}
 _references: dict[str, ReferenceSet] = {}
 _persisted: set[tuple[str, str, str]] = set()  # (cache url, kind, key) known to be in a cache
+_device_turns: dict[str, threading.Lock] = {}
 
 
 @dataclass(frozen=True)
@@ -57,6 +66,38 @@ def backbone(spec: BackboneSpec, storage_options: dict | None = None) -> Backbon
                 spec.spec, device=spec.device, dtype=spec.dtype, storage_options=storage_options
             )
         return _backbones[key]
+
+
+@contextlib.contextmanager
+def backbone_turn(device: Any, limit: str | None = None) -> Iterator[None]:
+    """The backbone's turn for one batch on ``device``: this process's lock for the device (one batch in the
+    backbone at a time) and then, with ``limit``, a slot of that Prefect global concurrency limit (so that no
+    global slot is held while waiting for the local turn)."""
+    with _lock:
+        turn = _device_turns.setdefault(str(device), threading.Lock())
+    with turn, backbone_slot(limit):
+        yield
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity, e.g. a container's share), not the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def thread_budget() -> dict[str, Any]:
+    """The process's thread budget, once set: torch's intra-op threads are at most the available cores, and the
+    backbone has one user per device at a time (:func:`backbone_turn`), so its forwards never oversubscribe the
+    cores; OpenMP's idle threads sleep (``OMP_WAIT_POLICY=PASSIVE``, set by :mod:`dinoseg_core` unless the
+    environment says otherwise) instead of spinning against other processes."""
+    cores = available_cores()
+    with _lock:
+        if torch.get_num_threads() > cores:
+            torch.set_num_threads(cores)
+    return {"cores": cores, "torch_threads": torch.get_num_threads(), "backbone_users_per_device": 1,
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset (OpenMP default: active)")}
 
 
 @contextlib.contextmanager

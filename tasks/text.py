@@ -31,6 +31,7 @@ from dinoseg_core.ovseg import (
     concept_names,
     load_dinotxt,
 )
+from tasks import runtime
 from tasks.freshness import MethodStamp
 from tasks.labelling import PERMANENT, LabelJob, Pending
 from tasks.retry import STORAGE_RETRIES
@@ -153,7 +154,8 @@ class ClassSet:
         methods = self.methods("tile")
         for tile in tiles:
             try:
-                result = seg.segment(tile.image, classes, name=tile.url)
+                with runtime.backbone_turn(seg.dinotxt.backbone.device, job.run.concurrency_limit):
+                    result = seg.segment(tile.image, classes, name=tile.url)
             except PERMANENT as exc:
                 yield tile, exc
                 continue
