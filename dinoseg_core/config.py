@@ -1,19 +1,45 @@
-"""The INSID3 configuration: every default of the paper written once (``../shared/INSID3.md`` section 0).
+"""The method's configurations, every default written once (``../shared/INSID3.md`` section 0), and the one place
+that derives everything else from them.
 
-CLI options, flow parameters and the provenance attributes of the Zarr archive are derived from
-:class:`InsidConfig`; nothing else repeats these numbers.
+- :class:`InsidConfig`: INSID3's hyper-parameters (the paper's defaults);
+- :class:`SceneConfig`: how a large scene is windowed, put in context and stitched (:mod:`dinoseg_core.geo.scene`);
+- :class:`ConfigBase`: what every frozen config dataclass of dinoseg shares (``replace``, ``to_dict``,
+  ``from_dict``, ``digest``), also used by :mod:`dinoseg_core.ovseg.config`;
+- :func:`options_model`: the pydantic "options" form of a config (every field optional, None keeps the default,
+  unknown fields refused): flow parameters and manifest overrides (:data:`MethodOptions`, :data:`SceneOptions`);
+- :func:`add_options` / :func:`given_options`: one ``--option`` per field of a config or a pydantic model, and the
+  fields a user gave on the command line;
+- :func:`apply_options`: a config with the fields set in an options model replaced.
+
+Nothing here imports torch or Prefect: the command line's ``--help`` is built from this module alone.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass, field, fields
+import types
 import typing
-from typing import Any, Literal
+from collections.abc import Iterable
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, Literal, Self
 
 from dinoseg_core.errors import InputError
+
+__all__ = [
+    "DEFAULT_BACKBONE",
+    "ConfigBase",
+    "InsidConfig",
+    "MethodOptions",
+    "SceneConfig",
+    "SceneOptions",
+    "add_options",
+    "apply_options",
+    "given_options",
+    "options_model",
+]
 
 #: The backbone of the paper's results (ViT-L/16, LVD-1689M): what every command and flow uses unless told.
 DEFAULT_BACKBONE = "dinov3-vitl16"
@@ -23,12 +49,144 @@ PAPER_SVD_COMPONENTS = 500
 PAPER_EMBED_DIM = 1024
 
 
-@dataclass(frozen=True)
-class InsidConfig:
-    """Hyper-parameters of INSID3 (Cuttano et al., CVPR 2026). Defaults are the paper's.
+class ConfigBase:
+    """Shared by dinoseg's frozen config dataclasses (``@dataclass(frozen=True) class X(ConfigBase)``).
 
-    The ``help`` metadata of each field is what the CLI shows.
+    Each field's ``help`` metadata is what the command line shows; ``config_name`` is how errors name the config.
     """
+
+    config_name: ClassVar[str] = ""
+
+    @classmethod
+    def _shown_name(cls) -> str:
+        return cls.config_name or cls.__name__
+
+    def replace(self, **changes: Any) -> Self:
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Field name -> value, JSON-ready (tuples become lists)."""
+        out = dataclasses.asdict(self)  # type: ignore[call-overload]
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        """The config from :meth:`to_dict`'s form (lists become tuples); unknown fields are an :class:`InputError`."""
+        known = sorted(f.name for f in fields(cls))  # type: ignore[arg-type]
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise InputError(f"unknown {cls._shown_name()} field(s) {unknown}; known fields: {known}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+    def digest(self) -> str:
+        """Stable sha256 of the config, for cache keys and provenance."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
+def options_model(config: type, name: str, *, exclude: Iterable[str] = (), strict: bool = False) -> Any:
+    """A pydantic model with every field of the config dataclass ``config`` optional (None: keep the default) and
+    unknown fields refused: the typed form of a config in flow parameters and manifests, generated so the defaults
+    stay written once. ``strict`` refuses coercion (``"0.5"`` for a float); leave it off where JSON lists must
+    become tuples. :func:`apply_options` applies an instance to a config."""
+    from pydantic import ConfigDict, create_model
+
+    hints = typing.get_type_hints(config)
+    spec = {f.name: (hints[f.name] | None, None) for f in fields(config) if f.name not in set(exclude)}
+    model = create_model(name, __config__=ConfigDict(extra="forbid", strict=strict), **spec)
+    model.__doc__ = f"{config.__name__} fields; each unset field keeps its default (see {config.__module__})."
+    return model
+
+
+def apply_options(config: ConfigBase, options: Any) -> Any:
+    """``config`` with the fields set in ``options`` (an options model, a dict, or None) replaced and validated."""
+    if options is None:
+        return config
+    given = options.model_dump(exclude_none=True) if hasattr(options, "model_dump") else dict(options)
+    given = {k: v for k, v in given.items() if v is not None}
+    return type(config).from_dict({**config.to_dict(), **given}) if given else config
+
+
+# ------------------------------------------------------------------------------------ command-line options
+
+def _option_fields(source: type) -> list[tuple[str, Any, Any, str]]:
+    """``(name, type hint, default, help)`` of each field of a config dataclass or a pydantic model."""
+    if dataclasses.is_dataclass(source):
+        hints = typing.get_type_hints(source)
+        return [(f.name, hints[f.name], f.default, f.metadata.get("help", "")) for f in fields(source)]
+    return [(name, f.annotation, f.default, f.description or "") for name, f in source.model_fields.items()]
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError('must be a JSON object, e.g. {"anon": false}')
+    return value
+
+
+def _argument(hint: Any) -> dict[str, Any]:
+    """argparse keywords for a field of type ``hint`` (``X | None`` is ``X``: None means "not given")."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        kinds = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(kinds) == 1:
+            hint = kinds[0]
+    origin = typing.get_origin(hint)
+    if hint is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    if origin is Literal:
+        return {"choices": typing.get_args(hint)}
+    if origin in (tuple, list):
+        return {"nargs": "+", "type": typing.get_args(hint)[0]}
+    if hint is dict or origin is dict:
+        return {"type": _json_object, "metavar": "JSON"}
+    if hint in (int, float, str):
+        return {"type": hint}
+    raise TypeError(f"no command-line form for a field of type {hint!r}")
+
+
+def _dest(prefix: str, name: str) -> str:
+    return prefix.replace("-", "_") + name
+
+
+def _selected(source: type, exclude: Iterable[str], only: Iterable[str] | None) -> list[tuple[str, Any, Any, str]]:
+    keep = None if only is None else set(only)
+    return [f for f in _option_fields(source) if f[0] not in set(exclude) and (keep is None or f[0] in keep)]
+
+
+def add_options(parser: argparse.ArgumentParser, source: type, title: str, *, prefix: str = "",
+                exclude: Iterable[str] = (), only: Iterable[str] | None = None) -> None:
+    """One ``--<prefix><field>`` option per field of ``source`` (a config dataclass or a pydantic model), in an
+    argument group ``title``: ``svd_components`` -> ``--svd-components``; bool -> ``--x/--no-x``, Literal ->
+    choices, tuple -> one or more values, dict -> a JSON object. Every option defaults to None (not given), so
+    :func:`given_options` returns only what the user typed and the config's own default stays the only one."""
+    group = parser.add_argument_group(title)
+    for name, hint, default, help_text in _selected(source, exclude, only):
+        shown = ", ".join(map(str, default)) if isinstance(default, tuple) else default
+        if default is not None:  # a None default is explained by the help text ("None: cuda if available")
+            help_text = f"{help_text} (default: {shown})"
+        group.add_argument(
+            "--" + prefix + name.replace("_", "-"), dest=_dest(prefix, name), default=None,
+            help=help_text.replace("%", "%%"), **_argument(hint),
+        )
+
+
+def given_options(args: argparse.Namespace, source: type, *, prefix: str = "", exclude: Iterable[str] = (),
+                  only: Iterable[str] | None = None) -> dict[str, Any]:
+    """The fields of ``source`` the user gave on the command line (field name -> value), as :func:`add_options`
+    with the same arguments declared them."""
+    given = {name: getattr(args, _dest(prefix, name), None) for name, *_ in _selected(source, exclude, only)}
+    return {name: value for name, value in given.items() if value is not None}
+
+
+# ------------------------------------------------------------------------------------------------ configs
+
+@dataclass(frozen=True)
+class InsidConfig(ConfigBase):
+    """Hyper-parameters of INSID3 (Cuttano et al., CVPR 2026). Defaults are the paper's."""
+
+    config_name: ClassVar[str] = "INSID3 config"
 
     image_size: int = field(default=1024, metadata={"help": "square input side in pixels (multiple of the patch size)"})
     svd_components: int | None = field(
@@ -71,43 +229,46 @@ class InsidConfig:
             )
         return self.svd_components
 
-    def replace(self, **changes: Any) -> "InsidConfig":
-        return dataclasses.replace(self, **changes)
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+@dataclass(frozen=True)
+class SceneConfig(ConfigBase):
+    """How a large scene is windowed, put in context and stitched (:func:`dinoseg_core.geo.scene.segment_scene`)."""
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "InsidConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise InputError(f"unknown INSID3 config field(s) {unknown}; known fields: {sorted(known)}")
-        return cls(**data)
+    config_name: ClassVar[str] = "scene config"
 
-    def digest(self) -> str:
-        """Stable sha256 of the config, for cache keys and provenance."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+    window_size: int | None = field(
+        default=None, metadata={"help": "window side in scene pixels; default the model's image_size (full resolution)"}
+    )
+    overlap: int = field(default=128, metadata={"help": "minimum overlap of neighbouring windows in pixels"})
+    global_context: bool = field(
+        default=True, metadata={"help": "fuse a downscaled whole-scene pass into every window (local-global)"}
+    )
+    global_weight: float = field(
+        default=0.5, metadata={"help": "weight of the whole-scene similarity in the fused similarity, in [0, 1]"}
+    )
+    context_size: int | None = field(
+        default=None, metadata={"help": "longer side in px of the whole-scene pass; default the model's image_size"}
+    )
+    threshold: float = field(
+        default=0.5, metadata={"help": "stitched foreground score at or above which a pixel is in the mask"}
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("window_size", "context_size"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 16):
+                raise InputError(f"{name}={value!r}: must be an int of at least 16 px (or None for the default)")
+        if isinstance(self.overlap, bool) or not isinstance(self.overlap, int) or self.overlap < 0:
+            raise InputError(f"overlap={self.overlap!r}: must be an int >= 0 (pixels)")
+        if self.window_size is not None and self.overlap >= self.window_size:
+            raise InputError(f"overlap={self.overlap} must be smaller than window_size={self.window_size}")
+        if not 0.0 <= self.global_weight <= 1.0:
+            raise InputError(f"global_weight={self.global_weight}: must be in [0, 1]")
+        if not 0.0 < self.threshold < 1.0:
+            raise InputError(f"threshold={self.threshold}: must be in (0, 1)")
 
 
-def _method_options_model():
-    """A pydantic model with every :class:`InsidConfig` field optional (None = keep the default), unknown fields
-    rejected: the typed form of method options in flow parameters and manifests."""
-    from pydantic import ConfigDict, create_model
-
-    hints = typing.get_type_hints(InsidConfig)
-    fields_ = {f.name: (hints[f.name] | None, None) for f in fields(InsidConfig)}
-    model = create_model("MethodOptions", __config__=ConfigDict(extra="forbid", strict=True), **fields_)
-    model.__doc__ = "INSID3 options; each unset field keeps the paper's default (see dinoseg_core.config.InsidConfig)."
-    return model
-
-
-MethodOptions = _method_options_model()
-
-
-def apply_options(config: InsidConfig, options: Any) -> InsidConfig:
-    """``config`` with the fields set in ``options`` (a MethodOptions, a dict, or None) replaced."""
-    if options is None:
-        return config
-    given = options.model_dump(exclude_none=True) if hasattr(options, "model_dump") else dict(options)
-    return config.replace(**{k: v for k, v in given.items() if v is not None})
+#: INSID3 options as a flow parameter and a manifest's overrides (strict: a manifest's ``tau: "0.5"`` is an error).
+MethodOptions = options_model(InsidConfig, "MethodOptions", strict=True)
+#: Scene options as a flow parameter (:class:`SceneConfig`).
+SceneOptions = options_model(SceneConfig, "SceneOptions")

@@ -51,7 +51,7 @@ def write_bucket(root: str) -> dict[str, dict[str, np.ndarray]]:
 
 
 def main() -> int:
-    from flows.cli import main as cli
+    from dinoseg.cli import main as cli
 
     bucket, archive_url = os.path.join(OUT, "bucket"), os.path.join(OUT, "masks.zarr")
     truth = write_bucket(bucket)

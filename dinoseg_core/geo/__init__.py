@@ -21,11 +21,12 @@ from dinoseg_core.geo.georef import (
     spatial_ref_attrs,
     write_georeference,
 )
-from dinoseg_core.geo.scene import SceneConfig, SceneReader, SceneResult, segment_scene
+from dinoseg_core.geo.scene import SceneConfig, SceneOptions, SceneReader, SceneResult, segment_scene
 from dinoseg_core.geo.windows import Stitcher, WindowGrid
 
 __all__ = [
     "SceneConfig",
+    "SceneOptions",
     "SceneReader",
     "SceneResult",
     "Stitcher",

@@ -52,10 +52,9 @@ the mask goes (:class:`~dinoseg_core.io.maskwriter.ZarrMaskWriter`: a chunked za
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -63,69 +62,18 @@ import torch
 import torch.nn.functional as F
 
 from dinoseg_core.candidates import FALLBACK_PERCENTILE
-from dinoseg_core.config import InsidConfig
-from dinoseg_core.errors import InputError
+from dinoseg_core.config import InsidConfig, SceneConfig, SceneOptions
 from dinoseg_core.geo.windows import MaskWriter, Stitcher, WindowGrid
 from dinoseg_core.prototype import ReferenceSet
 from dinoseg_core.segmenter import InContextSegmenter, Segmentation, TargetFeatures
 
-__all__ = ["SceneConfig", "SceneReader", "SceneResult", "scene_threshold", "segment_scene"]
+__all__ = ["SceneConfig", "SceneOptions", "SceneReader", "SceneResult", "scene_threshold", "segment_scene"]
 
 #: ``read(window, out_shape=None) -> (image float32 (h, w, 3) in [0, 1], valid bool (h, w))``. ``window`` is a
 #: ``rasterio.windows.Window`` (``col_off``, ``row_off``, ``width``, ``height``) of the scene, or None for the
 #: whole scene; ``out_shape`` ``(h, w)`` resamples the read (an anti-aliased thumbnail for the whole-scene
 #: pass). E.g. :meth:`dinoseg_core.io.raster.RasterReader.read`.
 SceneReader = Callable[..., tuple[np.ndarray, np.ndarray]]
-
-
-@dataclass(frozen=True)
-class SceneConfig:
-    """How a large scene is windowed, put in context and stitched. The ``help`` metadata is for CLI options."""
-
-    window_size: int | None = field(
-        default=None, metadata={"help": "window side in scene pixels; default the model's image_size (full resolution)"}
-    )
-    overlap: int = field(default=128, metadata={"help": "minimum overlap of neighbouring windows in pixels"})
-    global_context: bool = field(
-        default=True, metadata={"help": "fuse a downscaled whole-scene pass into every window (local-global)"}
-    )
-    global_weight: float = field(
-        default=0.5, metadata={"help": "weight of the whole-scene similarity in the fused similarity, in [0, 1]"}
-    )
-    context_size: int | None = field(
-        default=None, metadata={"help": "longer side in px of the whole-scene pass; default the model's image_size"}
-    )
-    threshold: float = field(
-        default=0.5, metadata={"help": "stitched foreground score at or above which a pixel is in the mask"}
-    )
-
-    def __post_init__(self) -> None:
-        for name in ("window_size", "context_size"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 16):
-                raise InputError(f"{name}={value!r}: must be an int of at least 16 px (or None for the default)")
-        if isinstance(self.overlap, bool) or not isinstance(self.overlap, int) or self.overlap < 0:
-            raise InputError(f"overlap={self.overlap!r}: must be an int >= 0 (pixels)")
-        if self.window_size is not None and self.overlap >= self.window_size:
-            raise InputError(f"overlap={self.overlap} must be smaller than window_size={self.window_size}")
-        if not 0.0 <= self.global_weight <= 1.0:
-            raise InputError(f"global_weight={self.global_weight}: must be in [0, 1]")
-        if not 0.0 < self.threshold < 1.0:
-            raise InputError(f"threshold={self.threshold}: must be in (0, 1)")
-
-    def replace(self, **changes: Any) -> SceneConfig:
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SceneConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise InputError(f"unknown scene config field(s) {unknown}; known fields: {sorted(known)}")
-        return cls(**data)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,11 @@ PC-459 27.8, A-150 42.2, PC-59 64.3, PAS-20 97.9, against CAT-Seg ViT-L's 16.0 /
 (:data:`~dinoseg_core.ovseg.config.PAPER_MIOU`); nothing here reproduces them yet.
 """
 
+import importlib
+import sys
+import types
+from typing import Any
+
 from dinoseg_core.ovseg.classes import concept_names, validate_class_names
 from dinoseg_core.ovseg.config import (
     DEFAULT_TEMPLATES,
@@ -33,14 +38,40 @@ from dinoseg_core.ovseg.config import (
     TrainConfig,
     TrainOptions,
 )
-from dinoseg_core.ovseg.data import ArraySegDataset, SegDataset, read_class_table
-from dinoseg_core.ovseg.dinotxt import ClassEmbeddings, DinoTxt, backbone_tokens, load_dinotxt
-from dinoseg_core.ovseg.evaluate import EvalResult, evaluate
-from dinoseg_core.ovseg.model import SegHead, SegModel
-from dinoseg_core.ovseg.segmenter import TextSegmentation, TextSegmenter
-from dinoseg_core.ovseg.tokenizer import ClipTokenizer, load_tokenizer
-from dinoseg_core.ovseg.train import TrainResult, loss_curve, train
-from dinoseg_core.ovseg.windows import sliding_windows, window_starts
+
+# The torch modules load on first use, so that the command line builds its options from the configs above
+# (``dinoseg label-text --help``) without importing torch.
+_LAZY = {
+    "ArraySegDataset": "data", "SegDataset": "data", "read_class_table": "data",
+    "ClassEmbeddings": "dinotxt", "DinoTxt": "dinotxt", "backbone_tokens": "dinotxt", "load_dinotxt": "dinotxt",
+    "EvalResult": "evaluate", "evaluate": "evaluate",
+    "SegHead": "model", "SegModel": "model",
+    "TextSegmentation": "segmenter", "TextSegmenter": "segmenter",
+    "ClipTokenizer": "tokenizer", "load_tokenizer": "tokenizer",
+    "TrainResult": "train", "loss_curve": "train", "train": "train",
+    "sliding_windows": "windows", "window_starts": "windows",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+class _Package(types.ModuleType):
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Importing the submodule ``train`` (``evaluate``) binds it on the package, where the name means the
+        # function of the same name.
+        if name in _LAZY and isinstance(value, types.ModuleType):
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
 
 __all__ = [
     "DEFAULT_TEMPLATES",

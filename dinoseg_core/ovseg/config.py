@@ -15,13 +15,10 @@ none of them has been tuned on real weights.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
-import typing
-from dataclasses import dataclass, field, fields
-from typing import Any, Literal, Self
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
+from dinoseg_core.config import ConfigBase, options_model
 from dinoseg_core.errors import InputError
 
 __all__ = [
@@ -33,7 +30,7 @@ __all__ = [
     "SegHeadConfig",
     "TrainConfig",
     "TrainOptions",
-    "options_model",
+    "options_model",  # re-exported from dinoseg_core.config
 ]
 
 #: Prompt ensemble (the "scene" templates of ViLD, used by many open-vocabulary segmentation works). Each class
@@ -56,38 +53,13 @@ PAPER_MIOU: dict[str, dict[str, float]] = {
 }
 
 
-
-class _ConfigMixin:
-    """replace / to_dict / from_dict / digest, shared by the three configs."""
-
-    def replace(self, **changes: Any) -> Self:
-        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
-
-    def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)  # type: ignore[call-overload]
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Self:
-        known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            raise InputError(f"unknown {cls.__name__} field(s) {unknown}; known fields: {sorted(known)}")
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-        return cls(**values)
-
-    def digest(self) -> str:
-        """Stable sha256 of the config, for provenance and cache keys."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
-
-
 def _positive(name: str, value: Any) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise InputError(f"{name}={value!r}: must be a positive integer")
 
 
 @dataclass(frozen=True)
-class OvsegConfig(_ConfigMixin):
+class OvsegConfig(ConfigBase):
     """Inference of open-vocabulary segmentation (zero-shot dino.txt and the trained dinov3.seg head).
 
     The ``help`` metadata of each field is what a CLI shows.
@@ -161,7 +133,7 @@ def _check_templates(templates: tuple[str, ...]) -> None:
 
 
 @dataclass(frozen=True)
-class SegHeadConfig(_ConfigMixin):
+class SegHeadConfig(ConfigBase):
     """Architecture of the trainable dinov3.seg head (see :class:`dinoseg_core.ovseg.model.SegHead`).
 
     ``feature_dim`` is the width of the dino.txt vision head (1024 for ViT-L); it is taken from the loaded
@@ -193,7 +165,7 @@ class SegHeadConfig(_ConfigMixin):
 
 
 @dataclass(frozen=True)
-class TrainConfig(_ConfigMixin):
+class TrainConfig(ConfigBase):
     """The dinov3.seg training loop (backbone and text tower frozen; only the head learns)."""
 
     batch_size: int = field(default=4, metadata={"help": "images per step"})
@@ -220,19 +192,6 @@ class TrainConfig(_ConfigMixin):
         if self.schedule not in ("constant", "cosine"):
             raise InputError(f"schedule={self.schedule!r}: use 'constant' or 'cosine'")
         _check_templates(self.templates)
-
-
-def options_model(config: type, name: str, exclude: tuple[str, ...] = ()) -> Any:
-    """A pydantic model with every field of the dataclass ``config`` optional (None: keep the default) and unknown
-    fields refused: the typed form of a config in flow parameters, generated so the defaults stay written once.
-    ``model_dump(exclude_none=True)`` gives the fields to pass to ``config.from_dict`` / ``replace``."""
-    from pydantic import ConfigDict, create_model
-
-    hints = typing.get_type_hints(config)
-    spec = {f.name: (hints[f.name] | None, None) for f in fields(config) if f.name not in exclude}
-    model = create_model(name, __config__=ConfigDict(extra="forbid"), **spec)
-    model.__doc__ = f"{config.__name__} fields; each unset field keeps its default (see {config.__module__})."
-    return model
 
 
 #: Inference options as a flow parameter (:class:`OvsegConfig`).

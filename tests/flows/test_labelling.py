@@ -8,7 +8,7 @@ import xarray as xr
 
 from dinoseg_core.io import storage
 from dinoseg_core.io.archive import MaskArchive
-from flows.cli import main as cli
+from dinoseg.cli import main as cli
 from flows.labelling import label_collection, segment_images
 from tests.pipeline_data import TINY, artifacts_of, write_collection
 

@@ -16,7 +16,7 @@ from dinoseg_core.io import imageio, storage
 from dinoseg_core.io.archive import MaskArchive, image_key
 from dinoseg_core.io.heads import load_seg_model
 from dinoseg_core.ovseg import load_dinotxt
-from flows.cli import main as cli
+from dinoseg.cli import main as cli
 from flows.text import evaluate_ovss, label_with_text, sparkline, train_ovss
 from tests.ovseg_factory import SHAPE_CLASSES, shapes_image
 from tests.pipeline_data import artifacts_of

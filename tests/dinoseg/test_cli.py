@@ -1,14 +1,19 @@
-"""`dinoseg segment` end to end: local folders and a real S3 API, partial failure, options from the config."""
+"""The commands that run the method directly (`segment`, `correspond`): local folders and a real S3 API, partial
+failure, options from the config; and what every command does before any work (help, argument errors)."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from dinoseg_core.io import imageio, storage
-from dinoseg_core.cli import build_parser, config_from_args, main
+from dinoseg.cli import build_parser, main
+from dinoseg.cli.segment import config_from_args
 from dinoseg_core.config import InsidConfig
-from dinoseg_core.synthetic import write_demo_dataset
+from dinoseg_core.io import imageio, storage
+from dinoseg_core.synthetic import generate_scene, write_demo_dataset
+from tests.dinoseg.subprocess_cli import HEAVY, python
 
 # random weights need a finer clustering cut than the paper's tau (see tests/dinoseg_core/test_segmenter.py)
 FAST = ["--backbone", "random:dinov3-vits16@0", "--image-size", "512", "--tau", "0.9", "--device", "cpu"]
@@ -93,3 +98,52 @@ def test_segment_reads_and_writes_s3_with_a_glob(s3_server, tmp_path):
     assert [storage.stem(u) for u in written] == ["target_000", "target_001"]
     mask = imageio.read_mask(written[0], so)
     assert iou(mask, imageio.read_mask(data["targets"][0]["gt_mask"], so)) > 0.4
+
+
+@pytest.mark.slow
+def test_correspond_follows_a_shift_between_two_views(tmp_path, capsys):
+    scene = generate_scene(3, size=384).image
+    dx, dy = 48, 32  # the target shows the same ground moved 48 px right and 32 px down
+    imageio.write_image_png(str(tmp_path / "source.png"), scene[64:320, 64:320])
+    imageio.write_image_png(str(tmp_path / "target.png"), scene[64 - dy : 320 - dy, 64 - dx : 320 - dx])
+    (tmp_path / "points.json").write_text(json.dumps({"keypoints": [[64, 64], [128, 128], [180, 100], [100, 180]]}))
+    args = ["correspond", "--source", str(tmp_path / "source.png"), "--target", str(tmp_path / "target.png"),
+            "--keypoints-file", str(tmp_path / "points.json"), "--out", str(tmp_path / "matches.json"),
+            "--backbone", "random:dinov3-vits16@0", "--image-size", "256", "--device", "cpu"]
+    assert main(args) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads((tmp_path / "matches.json").read_text())
+    moved = np.array(printed["matches"]) - np.array(printed["keypoints"])
+    assert np.abs(moved - [dx, dy]).max() < 16, moved  # within one patch of the true shift
+
+
+def test_correspond_refuses_malformed_keypoints_before_loading_a_model(tmp_path, capsys):
+    base = ["correspond", "--source", "a.png", "--target", "b.png"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*base, "--keypoints", "1,2,3"])
+    assert exit_info.value.code == 2 and "x,y pixel pairs" in capsys.readouterr().err
+    (tmp_path / "points.json").write_text('{"points": [[1, 2]]}')
+    assert main([*base, "--keypoints-file", str(tmp_path / "points.json")]) == 2
+    assert "give [[x, y], ...]" in capsys.readouterr().err
+
+
+def test_help_imports_neither_torch_nor_prefect():
+    top = subprocess.run([sys.executable, "-m", "dinoseg", "--help"], capture_output=True, text=True, timeout=60)
+    assert top.returncode == 0 and "label-text" in top.stdout and "correspond" in top.stdout
+    assert "no Prefect" not in top.stdout
+    code = """
+import sys
+from dinoseg.cli import build_parser
+parser = build_parser()
+commands = next(a for a in parser._actions if a.dest == "command").choices
+for name, command in commands.items():
+    assert "--help" in command.format_help(), name
+print(sorted(commands))
+print(sorted(m for m in %r if m in sys.modules))
+""" % (HEAVY,)
+    result = python(code)
+    assert result.returncode == 0, result.stderr
+    names, imported = result.stdout.splitlines()
+    assert names == str(sorted(["segment", "basis", "correspond", "label", "preview", "export", "label-text",
+                                "train-ovss", "eval-ovss"]))
+    assert imported == "[]"

@@ -1,0 +1,133 @@
+"""Commands over a Zarr mask archive: ``label`` (the ``label_collection`` flow: a reference manifest on a
+collection of tiles and GeoTIFF/COG scenes), ``preview`` (overlay PNGs) and ``export`` (polygons)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from dinoseg.cli.options import (
+    EXIT_OK,
+    add_backbone_option,
+    add_command,
+    add_collection_options,
+    add_run_options,
+    bands,
+    collection_images,
+    config_options,
+    local_path,
+    require_local,
+    run_options,
+)
+from dinoseg.cli.prefect_api import report_labelling, run_flow
+from dinoseg.cli.segment import METHOD_TITLE
+from dinoseg_core.config import InsidConfig, MethodOptions, SceneConfig, SceneOptions, add_options
+from dinoseg_core.errors import InputError
+
+def add_commands(commands) -> None:
+    label = add_command(
+        commands, "label", run_label,
+        help="label every concept of a reference manifest on a collection, into a Zarr archive (flow)")
+    label.add_argument("--references", required=True, help="reference manifest (YAML/JSON), path or URL")
+    add_collection_options(label)
+    add_backbone_option(label)
+    label.add_argument("--bands", type=bands, default=None,
+                       help="GeoTIFF bands to use as RGB, 1-based like rasterio, e.g. 4,3,2 (scenes only)")
+    add_run_options(label)
+    add_options(label, InsidConfig, METHOD_TITLE)
+    add_options(label, SceneConfig, "large scenes: GeoTIFF/COG inputs (*.tif) are windowed", prefix="scene-")
+
+    preview = add_command(commands, "preview", run_preview,
+                          help="write overlay PNGs of a concept's masks on their source images")
+    _add_archive_options(preview)
+    preview.add_argument("--out", required=True, help="output folder, path or URL")
+    preview.add_argument("--limit", type=int, default=None, help="at most this many images")
+
+    export = add_command(commands, "export", run_export, help="turn a concept's georeferenced masks into polygons")
+    _add_archive_options(export)
+    export.add_argument("--out", required=True, help="output file URL (.geojson, .gpkg or .parquet)")
+    export.add_argument("--format", choices=["geojson", "gpkg", "parquet"], default=None,
+                        help="default: from the file extension")
+    export.add_argument("--to-crs", default=None, help="reproject, e.g. EPSG:4326 (default: the source CRS)")
+
+
+def _add_archive_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--archive", required=True, help="Zarr mask archive, path or URL")
+    parser.add_argument("--concept", required=True, help="concept name")
+    add_run_options(parser, only=("storage_options",))
+
+
+def run_label(args: argparse.Namespace) -> int:
+    """Runs the label_collection Prefect flow (on the server at PREFECT_API_URL, else on a temporary one): every
+    concept of the reference manifest on every image. Tiles are segmented whole, GeoTIFF/COG scenes window by
+    window; up-to-date masks are skipped. Exit code 1 if some images failed (the others are written), 2 if
+    nothing could be done."""
+    run = run_options(args)
+    method = config_options(args, MethodOptions, InsidConfig())
+    scene = config_options(args, SceneOptions, SceneConfig(), prefix="scene-")
+    _check_local_manifest(args.references)
+    images = collection_images(args)
+    summary = run_flow(
+        "flows.labelling", "label_collection", references=args.references, images=images, archive=args.archive,
+        backbone=args.backbone, method=method, scene=scene, bands=args.bands, run=run,
+    )
+    return report_labelling(summary, args.archive)
+
+
+def _check_local_manifest(url: str) -> None:
+    """A local manifest is read and validated now (a remote one is read by the flow)."""
+    require_local(url, "--references")
+    if local_path(url) is not None:
+        from dinoseg_core.io.manifest import load_manifest
+
+        load_manifest(url)
+
+
+def _open_archive(args: argparse.Namespace):
+    from dinoseg_core.io.archive import MaskArchive
+
+    require_local(args.archive, "--archive")
+    return MaskArchive.open(args.archive, args.storage_options, mode="r")
+
+
+def run_preview(args: argparse.Namespace) -> int:
+    """Write OUT/<image key>.png: each archived mask of the concept overlaid on its source image."""
+    from dinoseg_core.io import imageio, storage
+
+    archive = _open_archive(args)
+    keys = [key for _, key in archive.list_masks(args.concept)][: args.limit]
+    for key in keys:
+        stored = archive.load(args.concept, key)
+        image = imageio.read_image(stored.record["source_uri"], args.storage_options)
+        imageio.write_image_png(
+            storage.join(args.out, f"{key}.png"), imageio.overlay(image, stored.mask), args.storage_options
+        )
+    print(f"wrote {len(keys)} overlay(s) of '{args.concept}' to {args.out}", file=sys.stderr)
+    return EXIT_OK
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """Write the polygons of every georeferenced mask of a concept (scenes labelled from GeoTIFF/COG), with their
+    source URI and concept, as GeoJSON, GeoPackage or GeoParquet."""
+    from dinoseg_core.geo import array_to_polygons, export_vectors
+    from dinoseg_core.geo.georef import georeference_from_attrs
+
+    archive = _open_archive(args)
+    keys = [key for _, key in archive.list_masks(args.concept)]
+    if not keys:
+        raise InputError(f"--concept {args.concept!r}: no masks in {args.archive}; it has {archive.list_concepts()}")
+    records, crs = [], None
+    for key in keys:
+        record, mask = archive.mask_array(args.concept, key)
+        try:
+            transform, crs = georeference_from_attrs(record)
+        except InputError as exc:
+            raise InputError(f"mask {args.concept}/{key} ({record['source_uri']}): {exc}") from None
+        records += array_to_polygons(
+            mask, transform, crs, to_crs=args.to_crs,
+            properties={"source_uri": record["source_uri"], "concept": args.concept, "image_key": key},
+        )
+    fmt = export_vectors(records, args.out, args.format, args.storage_options, crs=args.to_crs or crs)
+    print(f"wrote {len(records)} polygon(s) of '{args.concept}' from {len(keys)} mask(s) to {args.out} ({fmt})",
+          file=sys.stderr)
+    return EXIT_OK
