@@ -23,7 +23,7 @@ import torch
 from dinoseg_core.aggregate import aggregate, score_clusters
 from dinoseg_core.basis import BasisCache, PositionalBasis
 from dinoseg_core.candidates import localise_candidates
-from dinoseg_core.cluster import agglomerative_clusters
+from dinoseg_core.cluster import ClusterBackend, agglomerative_clusters, resolve_cluster_backend
 from dinoseg_core.config import InsidConfig
 from dinoseg_core.correspondence import match_keypoints
 from dinoseg_core.debias import debias
@@ -59,13 +59,20 @@ class TargetFeatures:
     original_hw: tuple[int, int]
     image_resized: np.ndarray
     timings: dict[str, float] = field(default_factory=dict)
-    _clusters: dict[float, np.ndarray] = field(default_factory=dict, repr=False)
+    _clusters: dict[tuple[float, str], np.ndarray] = field(default_factory=dict, repr=False)
 
-    def clusters(self, tau: float) -> np.ndarray:
-        """Cluster labels (N,) at threshold ``tau``, computed once per tau."""
-        if tau not in self._clusters:
-            self._clusters[tau] = agglomerative_clusters(self.features, tau)
-        return self._clusters[tau]
+    def clusters(self, tau: float, backend: ClusterBackend = "auto") -> np.ndarray:
+        """Cluster labels (N,) at threshold ``tau``, computed once per tau and backend.
+
+        Args:
+            tau: similarity threshold (step 7).
+            backend: ``"scipy"``, ``"torch"`` or ``"auto"`` (:func:`~dinoseg_core.cluster.agglomerative_clusters`);
+                the partitions are the same, only where and how fast they are computed differs.
+        """
+        key = (tau, resolve_cluster_backend(backend, self.features.device))
+        if key not in self._clusters:
+            self._clusters[key] = agglomerative_clusters(self.features, tau, backend=key[1])
+        return self._clusters[key]
 
 
 @dataclass(frozen=True)
@@ -92,10 +99,21 @@ class InContextSegmenter:
         backbone: a loaded :class:`dinoseg_core.backbone.Backbone`; its device is used for all tensor work.
         config: the method's hyper-parameters (paper defaults).
         basis_cache: share one cache between segmenters of the same backbone, or pre-load saved bases.
+        cluster_backend: where step 7 runs: ``"scipy"`` (CPU), ``"torch"`` (the features' device) or ``"auto"``
+            (torch on CUDA, scipy on the CPU). Not part of the config: every backend gives the same partition
+            (:mod:`dinoseg_core.cluster`), so masks and config digests do not depend on it.
+        batch_size: images per backbone forward when several targets are extracted at once
+            (:func:`dinoseg_core.features.auto_batch_size` sizes it from free GPU memory).
     """
 
-    def __init__(self, backbone, config: InsidConfig | None = None, basis_cache: BasisCache | None = None):
+    def __init__(self, backbone, config: InsidConfig | None = None, basis_cache: BasisCache | None = None,
+                 cluster_backend: ClusterBackend = "auto", batch_size: int = 8):
+        resolve_cluster_backend(cluster_backend, "cpu")  # an unknown name fails here, not on the first target
+        if batch_size < 1:
+            raise InputError(f"batch_size={batch_size}: give at least 1 image per backbone forward")
         self.backbone = backbone
+        self.cluster_backend = cluster_backend
+        self.batch_size = batch_size
         self.config = config or InsidConfig()
         self.k = self.config.resolved_svd_components(backbone.embed_dim)
         self.basis_cache = basis_cache or BasisCache()
@@ -142,7 +160,7 @@ class InContextSegmenter:
             pixels = torch.stack(
                 [prepare_image(images[i], size_hw, norm.mean, norm.std, self.backbone.device) for i in indices]
             )
-            features = patch_features(self.backbone, pixels)
+            features = patch_features(self.backbone, pixels, self.batch_size)
             backbone_seconds = (time.perf_counter() - start) / len(indices)
             for j, i in enumerate(indices):
                 flat = flatten_grid(features[j])
@@ -287,7 +305,7 @@ class InContextSegmenter:
         timings["matching"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        labels = target.clusters(config.tau)
+        labels = target.clusters(config.tau, self.cluster_backend)
         timings["clustering"] = time.perf_counter() - start
 
         start = time.perf_counter()

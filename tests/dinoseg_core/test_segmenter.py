@@ -278,3 +278,52 @@ def test_extract_each_falls_back_to_one_by_one_when_the_batch_fails(tiny_segment
     monkeypatch.setattr(InContextSegmenter, "extract_targets", broken)
     with pytest.raises(RuntimeError, match="out of memory"):
         tiny_segmenter.extract_each(images, list("abc"))
+
+
+# -------------------------------------------------------------- the cluster backend (step 7) is the segmenter's
+
+
+def test_cluster_backends_give_the_same_masks(tiny_segmenter, monkeypatch):
+    import dinoseg_core.segmenter as segmenter_module
+
+    config = InsidConfig(image_size=256, tau=RANDOM_WEIGHTS_TAU)
+    base = InContextSegmenter(tiny_segmenter.backbone, config)
+    scene, other = generate_scene(0, size=256), generate_scene(1, size=256)
+    refs = base.embed_references([scene.image], [scene.labels[CONCEPT]])
+    target = base.extract_target(other.image)  # 256 patches
+    used = []
+    real = segmenter_module.agglomerative_clusters
+    monkeypatch.setattr(segmenter_module, "agglomerative_clusters",
+                        lambda features, tau, backend: used.append(backend) or real(features, tau, backend))
+    results = {}
+    for backend in ("scipy", "torch", "auto"):
+        segmenter = InContextSegmenter(base.backbone, config, base.basis_cache, cluster_backend=backend)
+        results[backend] = segmenter.segment_features(refs, target)
+    assert used == ["scipy", "torch"]  # auto is scipy on the CPU: its labels were cached for this tau
+    assert set(target._clusters) == {(RANDOM_WEIGHTS_TAU, "scipy"), (RANDOM_WEIGHTS_TAU, "torch")}
+    assert 0 < results["scipy"].patch_mask.sum() < 256 and target.clusters(RANDOM_WEIGHTS_TAU).max() > 4
+    for backend in ("torch", "auto"):
+        np.testing.assert_array_equal(results[backend].mask, results["scipy"].mask)
+        np.testing.assert_array_equal(results[backend].patch_mask, results["scipy"].patch_mask)
+    np.testing.assert_array_equal(target.clusters(RANDOM_WEIGHTS_TAU, "torch"), target.clusters(RANDOM_WEIGHTS_TAU))
+    with pytest.raises(InputError, match="cluster backend 'gpu'"):
+        InContextSegmenter(tiny_segmenter.backbone, config, cluster_backend="gpu")
+
+
+def test_batch_size_sets_images_per_forward(tiny_segmenter, monkeypatch):
+    import dinoseg_core.segmenter as segmenter_module
+
+    rng = np.random.default_rng(2)
+    images = [rng.random((64, 64, 3), dtype=np.float32) for _ in range(5)]
+    expected = tiny_segmenter.extract_targets(images)
+    forwards = []
+    real = segmenter_module.patch_features
+    monkeypatch.setattr(segmenter_module, "patch_features",
+                        lambda backbone, pixels, batch_size: forwards.append(batch_size) or real(backbone, pixels,
+                                                                                                batch_size))
+    two = InContextSegmenter(tiny_segmenter.backbone, tiny_segmenter.config, tiny_segmenter.basis_cache, batch_size=2)
+    for got, want in zip(two.extract_targets(images), expected):
+        torch.testing.assert_close(got.features, want.features)
+    assert forwards == [2]
+    with pytest.raises(InputError, match="batch_size=0"):
+        InContextSegmenter(tiny_segmenter.backbone, batch_size=0)
