@@ -17,6 +17,12 @@
 
 The model is always in eval mode with gradients off: in train mode transformers' DINOv3 randomly rescales the
 RoPE coordinates (``pos_embed_rescale``), which would make features non-deterministic.
+
+GPU settings: attention runs through ``torch.nn.functional.scaled_dot_product_attention`` (transformers' ``"sdpa"``
+implementation, enforced by the loader: flash / memory-efficient kernels on CUDA, no (T, T) attention matrix);
+``dtype="bfloat16"`` (or ``"float16"``) keeps the weights in float32 and runs the forward under
+``torch.autocast`` (matrix products in bf16, LayerNorm / softmax / the residual stream in float32); and
+``compile=True`` (or :meth:`Backbone.compile`) wraps the model in ``torch.compile``.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -103,16 +110,20 @@ class Backbone:
             for the same weights loaded from any format.
         normalization: mean/std the input pixels must be normalised with.
         is_random: True for ``random:`` specs.
+        autocast_dtype: ``torch.bfloat16`` / ``torch.float16`` to run the forward under ``torch.autocast`` (the
+            weights stay in their own dtype), or None for plain execution in the weights' dtype.
     """
 
     def __init__(self, model: DINOv3ViTModel, *, spec: str, fingerprint: str, normalization: Normalization,
-                 is_random: bool = False, source: str | None = None):
+                 is_random: bool = False, source: str | None = None, autocast_dtype: torch.dtype | None = None):
         self.model = model
         self.spec = spec
         self.source = source if source is not None else spec
         self.fingerprint = fingerprint
         self.normalization = normalization
         self.is_random = is_random
+        self.autocast_dtype = autocast_dtype
+        self._compiled: Callable[..., Any] | None = None
 
     @property
     def patch_size(self) -> int:
@@ -136,20 +147,58 @@ class Backbone:
 
     @property
     def dtype(self) -> torch.dtype:
+        """dtype of the weights (float32 also under bf16 autocast: see :attr:`compute_dtype`)."""
         return self.model.embeddings.patch_embeddings.weight.dtype
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """dtype of the forward's matrix products: :attr:`autocast_dtype` when set, else :attr:`dtype`."""
+        return self.autocast_dtype or self.dtype
+
+    @property
+    def attention(self) -> str:
+        """transformers' attention implementation (``"sdpa"`` after :func:`load_backbone`)."""
+        return str(self.model.config._attn_implementation)
+
+    @property
+    def compiled(self) -> bool:
+        """True once :meth:`compile` has wrapped the model in ``torch.compile``."""
+        return self._compiled is not None
+
+    def compile(self, mode: str | None = None, backend: str = "inductor") -> Backbone:
+        """Run later forwards through ``torch.compile(model, mode=mode, backend=backend, dynamic=True)``.
+
+        Compilation happens on the first forward of each new input shape (seconds to a minute for ViT-L); worth
+        it for long runs on a GPU, rarely on the CPU (inductor also needs a C++ compiler there). ``dynamic=True``
+        keeps a smaller last batch from recompiling. Features equal the eager ones to float rounding.
+
+        Args:
+            mode: ``torch.compile`` mode, e.g. ``"max-autotune"``; None for its default.
+            backend: ``"inductor"`` (default) or any other ``torch.compile`` backend (``"eager"`` only traces).
+        Returns:
+            this backbone.
+        """
+        self._compiled = torch.compile(self.model, mode=mode, backend=backend, dynamic=True)
+        return self
 
     def __repr__(self) -> str:
         cfg = self.model.config
+        autocast = f", autocast={self.autocast_dtype}" if self.autocast_dtype is not None else ""
         return (f"Backbone(spec={self.spec!r}, {cfg.num_hidden_layers} blocks x {cfg.hidden_size}, "
-                f"patch {self.patch_size}, device={self.device}, dtype={self.dtype}, "
+                f"patch {self.patch_size}, device={self.device}, dtype={self.dtype}{autocast}, "
+                f"attention={self.attention}, compiled={self.compiled}, "
                 f"fingerprint={self.fingerprint[:12]}..., random={self.is_random})")
 
-    def forward_tokens(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_tokens(
+        self, pixels: torch.Tensor, *, full_precision: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the backbone on normalised pixels.
 
         Args:
             pixels: (B, 3, H, W) float tensor, already normalised with :attr:`normalization`; H and W multiples
                 of :attr:`patch_size`. Any device/float dtype: it is moved to the model's.
+            full_precision: run in the weights' dtype even when :attr:`autocast_dtype` is set (the positional
+                basis needs it: its signal is a small variation that bf16 rounding drowns).
 
         Returns:
             ``(cls, patches)``: cls (B, C) and patches (B, C, H/p, W/p), the output of the final LayerNorm
@@ -164,21 +213,21 @@ class Backbone:
         p = self.patch_size
         start = 1 + self.num_register_tokens
         with torch.inference_mode():
-            tokens = self._final_tokens(pixels)  # (B, 1 + R + h*w, C), after the final norm
+            tokens = self._final_tokens(pixels, full_precision)  # (B, 1 + R + h*w, C), after the final norm
             cls = tokens[:, 0]
             patches = tokens[:, start:].reshape(b, h // p, w // p, -1).permute(0, 3, 1, 2)
         # Copies made outside inference mode are ordinary tensors.
         return (cls.to(torch.float32, copy=True),
                 patches.to(torch.float32, memory_format=torch.contiguous_format, copy=True))
 
-    def forward_all_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+    def forward_all_tokens(self, pixels: torch.Tensor, *, full_precision: bool = False) -> torch.Tensor:
         """Every token of the final LayerNorm, registers included: ``[CLS, registers, patches]``.
 
         :meth:`forward_tokens` drops the registers; heads trained on the whole sequence (dino.txt's vision head)
         need them.
 
         Args:
-            pixels: as for :meth:`forward_tokens`.
+            pixels, full_precision: as for :meth:`forward_tokens`.
 
         Returns:
             float32 (B, 1 + R + H/p * W/p, C) on :attr:`device`, patches in row-major order; computed in inference
@@ -189,14 +238,18 @@ class Backbone:
         """
         self._check_pixels(pixels, "forward_all_tokens")
         with torch.inference_mode():
-            tokens = self._final_tokens(pixels)
+            tokens = self._final_tokens(pixels, full_precision)
         return tokens.to(torch.float32, copy=True)
 
-    def _final_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+    def _final_tokens(self, pixels: torch.Tensor, full_precision: bool) -> torch.Tensor:
         if self.model.training:  # someone called .train(): RoPE would be jittered randomly
             logger.warning("Backbone model was in train mode; switching it back to eval mode.")
             self.model.eval()
-        return self.model(pixel_values=pixels.to(device=self.device, dtype=self.dtype)).last_hidden_state
+        model = self._compiled if self._compiled is not None else self.model
+        autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype)
+                    if self.autocast_dtype is not None and not full_precision else nullcontext())
+        with autocast:
+            return model(pixel_values=pixels.to(device=self.device, dtype=self.dtype)).last_hidden_state
 
     def _check_pixels(self, pixels: torch.Tensor, caller: str) -> None:
         if not isinstance(pixels, torch.Tensor):
@@ -335,6 +388,7 @@ def load_backbone(
     storage_options: dict[str, Any] | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     normalization: Normalization | str | None = None,
+    compile: bool = False,
 ) -> Backbone:
     """Load a frozen DINOv3 ViT (see the module docstring for every accepted ``spec``).
 
@@ -342,15 +396,19 @@ def load_backbone(
         spec: preset name, hub id, local HF directory, Meta checkpoint file, fsspec URL of either, or
             ``random:<preset>[@seed]`` (seed defaults to 0).
         device: default ``cuda`` when available, else ``cpu``.
-        dtype: ``float32`` (default), ``bfloat16``/``"bf16"`` (slow on CPU: a warning is logged) or ``float16``.
+        dtype: compute dtype: ``float32`` (default), ``bfloat16``/``"bf16"`` or ``float16``. The reduced ones keep
+            the weights in float32 and run the forward under ``torch.autocast`` (patch features within cosine
+            0.999 of float32's); on the CPU they are slower than float32 (a warning is logged). The fingerprint
+            is that of the float32 weights, whatever the dtype.
         storage_options: fsspec options for URL specs (credentials, ``endpoint_url``, ...).
         cache_dir: root of the download cache for URL specs (default :func:`default_cache_dir`).
         normalization: override the mean/std that follow the weights (``"imagenet"``, ``"sat493m"`` or a
             :class:`Normalization`). By default SAT-493M presets and checkpoints whose name contains
             ``sat493m`` get :data:`SAT493M`, everything else :data:`IMAGENET`.
+        compile: wrap the model in ``torch.compile`` (:meth:`Backbone.compile` with its defaults).
 
     Returns:
-        A :class:`Backbone` in eval mode with gradients off on ``device``.
+        A :class:`Backbone` in eval mode with gradients off on ``device``, attention through SDPA.
 
     Raises:
         CheckpointError: the spec cannot be resolved, the weights are gated/unreachable, or the checkpoint is
@@ -376,39 +434,45 @@ def load_backbone(
         is_random = True
     elif (preset := resolve_preset(spec)) is not None:
         assert preset.hub_id is not None
-        model = _load_hf(preset.hub_id, shown=f"{spec} ({preset.hub_id})", local=False, dtype=target_dtype)
+        model = _load_hf(preset.hub_id, shown=f"{spec} ({preset.hub_id})", local=False, dtype=torch.float32)
         source, default_norm = preset.hub_id, NORMALIZATIONS[preset.normalization]
     elif "://" in spec or "::" in spec:
         local_path, source = _localise_url(spec, storage_options, cache_dir)
-        model = _load_local(local_path, shown=source, dtype=target_dtype)
+        model = _load_local(local_path, shown=source, dtype=torch.float32)
         default_norm = _normalization_for(spec, local_path)
     elif os.path.exists(os.path.expanduser(spec)):
         source = os.path.abspath(os.path.expanduser(spec))
-        model = _load_local(source, shown=spec, dtype=target_dtype)
+        model = _load_local(source, shown=spec, dtype=torch.float32)
         default_norm = _normalization_for(source)
     elif _HUB_ID.match(spec) and not spec.lower().endswith(_CHECKPOINT_SUFFIXES):
-        model = _load_hf(spec, shown=spec, local=False, dtype=target_dtype)
+        model = _load_hf(spec, shown=spec, local=False, dtype=torch.float32)
         source, default_norm = spec, _normalization_for(spec)
     else:
         raise CheckpointError(f"{spec}: no such file or directory, and not a known backbone name. Expected "
                               f"{_accepted_specs()}.")
 
     norm = _resolve_normalization(normalization, default_norm)
-    fingerprint = _finalize(model, target_dtype)
+    # reduced precision is autocast over float32 weights: LayerNorm, softmax and the residual stream stay float32
+    autocast_dtype = None if target_dtype == torch.float32 else target_dtype
+    fingerprint = _finalize(model, torch.float32)
     model.to(target_device)
     backbone = Backbone(model, spec=spec, fingerprint=fingerprint, normalization=norm, is_random=is_random,
-                        source=source)
+                        source=source, autocast_dtype=autocast_dtype)
+    if compile:
+        backbone.compile()
     logger.info("Loaded DINOv3 backbone %s from %s in %.1f s (%s).", spec, source, time.perf_counter() - started,
                 backbone)
     return backbone
 
 
 def _finalize(model: DINOv3ViTModel, dtype: torch.dtype) -> str:
-    """Cast, freeze, and fingerprint the model (on the CPU, before it moves to its device)."""
+    """Cast, freeze, switch attention to SDPA, and fingerprint the model (on the CPU, before it moves)."""
     model.to(dtype=dtype)
     reset_rope(model)
     model.eval()
     model.requires_grad_(False)
+    if model.config._attn_implementation != "sdpa":  # e.g. a config that asked for "eager"
+        model.set_attn_implementation("sdpa")
     return fingerprint_model(model)
 
 

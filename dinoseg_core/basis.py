@@ -94,7 +94,9 @@ def compute_basis(backbone, size_hw: tuple[int, int], source: str, k: int) -> Po
     """Run the content-free image through ``backbone`` and return its positional basis."""
     norm = backbone.normalization
     pixels = content_free_image(source, size_hw, norm.mean, norm.std).to(backbone.device)
-    features = patch_features(backbone, pixels)[0]
+    # in the weights' precision even under bf16 autocast: the positional signal of a content-free image is a
+    # small variation around one token that bf16 rounding drowns (the basis would change with the dtype)
+    features = patch_features(backbone, pixels, full_precision=True)[0]
     key = BasisKey(backbone.fingerprint, size_hw[0], size_hw[1], source, k)
     return PositionalBasis(key=key, vectors=basis_from_features(features, k).to(backbone.device))
 

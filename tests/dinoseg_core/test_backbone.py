@@ -487,17 +487,62 @@ def test_train_mode_is_undone_before_a_forward(tiny):
     assert torch.equal(expected, again) and not backbone.model.training
 
 
-def test_bfloat16_on_cpu_warns_and_still_returns_float32(tiny, caplog):
+def test_bfloat16_is_autocast_over_float32_weights(tiny, caplog):
     with caplog.at_level(logging.WARNING, logger="dinoseg_core.backbone"):
         backbone = load_backbone(tiny.hf, device="cpu", dtype="bf16")
     assert any("slower" in r.getMessage() for r in caplog.records)
-    assert backbone.dtype == torch.bfloat16
+    assert backbone.dtype == torch.float32 and backbone.compute_dtype == backbone.autocast_dtype == torch.bfloat16
     assert backbone.model.rope_embeddings.inv_freq.dtype == torch.float32
     cls, patches = backbone.forward_tokens(tiny.pixels)
     assert cls.dtype == patches.dtype == torch.float32
-    ref_cls, _ = reference(tiny.model, tiny.pixels)
-    assert torch.nn.functional.cosine_similarity(cls, ref_cls).min() > 0.98
+    ref_cls, ref_patches = reference(tiny.model, tiny.pixels)
+    assert not torch.equal(patches, ref_patches)  # the forward did run in bf16
+    assert torch.nn.functional.cosine_similarity(cls, ref_cls).min() > 0.99
+    # the fingerprint is the weights', whatever the compute dtype and whichever format they came in
+    plain = load_backbone(tiny.hf, device="cpu")
+    assert plain.autocast_dtype is None and plain.compute_dtype == torch.float32
     assert load_backbone(tiny.pth, device="cpu", dtype=torch.bfloat16).fingerprint == backbone.fingerprint
+    assert plain.fingerprint == backbone.fingerprint
+    assert "autocast=torch.bfloat16" in repr(backbone) and "attention=sdpa" in repr(backbone)
+
+
+def test_attention_is_sdpa_for_every_loader(tiny):
+    from dinoseg_core.backbone import _finalize
+
+    for spec in (tiny.hf, tiny.pth, "random:tiny@0"):
+        assert load_backbone(spec, device="cpu").attention == "sdpa", spec
+    model = random_model(tiny_config(), seed=0)
+    model.set_attn_implementation("eager")
+    pixels = tiny.pixels
+    with torch.no_grad():
+        eager = model(pixel_values=pixels).last_hidden_state
+    _finalize(model, torch.float32)
+    assert model.config._attn_implementation == "sdpa"
+    with torch.no_grad():
+        torch.testing.assert_close(model(pixel_values=pixels).last_hidden_state, eager, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_compiled_backbone_gives_the_eager_features(tiny):
+    backbone = load_backbone(tiny.hf, device="cpu")
+    expected_cls, expected = backbone.forward_tokens(tiny.pixels)
+    # the "eager" backend traces with dynamo without generating code: no C++ compiler needed here
+    assert backbone.compile(backend="eager") is backbone and backbone.compiled and "compiled=True" in repr(backbone)
+    cls, patches = backbone.forward_tokens(tiny.pixels)
+    torch.testing.assert_close(patches, expected)
+    torch.testing.assert_close(cls, expected_cls)
+    _, one = backbone.forward_tokens(tiny.pixels[:1])  # a smaller last batch
+    torch.testing.assert_close(one, expected[:1])
+    assert not load_backbone(tiny.hf, device="cpu").compiled
+
+
+def test_compile_switch_of_the_loader(tiny, monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda model, **kwargs: calls.append(kwargs) or model)
+    backbone = load_backbone(tiny.hf, device="cpu", compile=True)
+    assert backbone.compiled and calls == [{"mode": None, "backend": "inductor", "dynamic": True}]
+    torch.testing.assert_close(backbone.forward_tokens(tiny.pixels)[1], reference(tiny.model, tiny.pixels)[1],
+                               atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("kwargs, match", [
