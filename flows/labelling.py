@@ -57,7 +57,7 @@ def label_collection(
 
     def prepare(options: RunOptions) -> ConceptSet:
         manifest = load_references(references, options.storage_options)
-        spec = BackboneSpec(backbone, options.device, options.dtype)
+        spec = BackboneSpec(backbone, options.device, options.dtype, options.compile)
         concepts = tuple(prepare_concept(manifest, name, spec, method_given, band_tuple, options)
                          for name in manifest.concepts)
         model = load_backbone(spec, options.storage_options)

@@ -93,7 +93,7 @@ class ConceptSet:
             if not group:
                 continue
             first = next(c for c in self.concepts if runtime.feature_key(c.config) == fkey)
-            seg = runtime.segmenter(self.backbone, first.config, so, cache)
+            seg = runtime.segmenter(self.backbone, first.config, so, cache, job.run.cluster_backend)
             # only the forward holds the device: steps 6-9 and the writes below overlap the next batch's forward
             with runtime.backbone_turn(seg.backbone.device, job.run.concurrency_limit):
                 features = seg.extract_each([t.image for t in group], [t.url for t in group])
@@ -130,7 +130,7 @@ class ConceptSet:
         source = open_raster(scene.url, self.bands, so)
         for name in scene.todo:
             concept = next(c for c in self.concepts if c.name == name)
-            seg = runtime.segmenter(self.backbone, concept.config, so, cache)
+            seg = runtime.segmenter(self.backbone, concept.config, so, cache, job.run.cluster_backend)
             refs = self._references(concept, cache, seg)
 
             def fill(group, concept=concept, seg=seg, refs=refs):

@@ -23,6 +23,10 @@ class RunOptions(BaseModel):
 
     device: str | None = Field(default=None, description="torch device; None: cuda if available, else cpu")
     dtype: Literal["float32", "bfloat16"] | None = Field(default=None, description="backbone dtype; None: float32")
+    cluster_backend: Literal["auto", "scipy", "torch"] = Field(
+        default="auto", description="where step 7 (clustering) runs: scipy (CPU), torch (the backbone's device), or "
+        "auto (torch on CUDA, else scipy); every backend gives the same partitions")
+    compile: bool = Field(default=False, description="torch.compile the backbone (worth it for long GPU runs)")
     storage_options: dict[str, Any] | None = Field(
         default=None, description="fsspec options for every URL (endpoint, credentials; never logged)")
     force: bool = Field(default=False, description="relabel everything, even masks that are up to date")

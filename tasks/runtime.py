@@ -50,11 +50,13 @@ _device_turns: dict[str, threading.Lock] = {}
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    """Which backbone, where: the ``--backbone`` value plus device and dtype (None = automatic)."""
+    """Which backbone, where: the ``--backbone`` value plus device and dtype (None = automatic), and whether its
+    forward is compiled."""
 
     spec: str
     device: str | None = None
     dtype: str | None = None
+    compile: bool = False
 
 
 def backbone(spec: BackboneSpec, storage_options: dict | None = None) -> Backbone:
@@ -63,7 +65,7 @@ def backbone(spec: BackboneSpec, storage_options: dict | None = None) -> Backbon
     with _lock:
         if key not in _backbones:
             _backbones[key] = load_backbone(
-                spec.spec, device=spec.device, dtype=spec.dtype, storage_options=storage_options
+                spec.spec, device=spec.device, dtype=spec.dtype, storage_options=storage_options, compile=spec.compile
             )
         return _backbones[key]
 
@@ -120,16 +122,17 @@ def feature_key(config: InsidConfig) -> tuple:
 
 
 def segmenter(
-    spec: BackboneSpec, config: InsidConfig, storage_options: dict | None = None, cache: FeatureCache | None = None
+    spec: BackboneSpec, config: InsidConfig, storage_options: dict | None = None, cache: FeatureCache | None = None,
+    cluster_backend: str = "auto",
 ) -> InContextSegmenter:
-    """A segmenter for ``config``'s feature fields; its positional basis is loaded from ``cache`` if persisted
-    there, else computed once and persisted."""
+    """A segmenter for ``config``'s feature fields and a clustering backend; its positional basis is loaded from
+    ``cache`` if persisted there, else computed once and persisted."""
     model = backbone(spec, storage_options)
     with _lock:
-        key = (model.fingerprint, feature_key(config))
+        key = (model.fingerprint, feature_key(config), cluster_backend)
         if key not in _segmenters:
             bases = _bases.setdefault(model.fingerprint, BasisCache())
-            _segmenters[key] = InContextSegmenter(model, config, basis_cache=bases)
+            _segmenters[key] = InContextSegmenter(model, config, basis_cache=bases, cluster_backend=cluster_backend)
         seg = _segmenters[key]
         if config.resize_mode == "square" and cache is not None:
             _share_basis(seg, cache)

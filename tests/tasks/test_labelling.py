@@ -149,3 +149,16 @@ def test_two_processes_labelling_one_archive_at_once_corrupt_nothing(collection)
         assert stored.mask.shape == (128, 128)
     # and a normal run afterwards sees everything up to date
     assert {o.status for o in label_batch.fn(items, labeller, job)} == {"skipped"}
+
+
+def test_the_clustering_backend_changes_where_step_7_runs_not_the_masks(collection, tmp_path):
+    root, job, labeller = collection
+    items = list_images.fn(f"{root}/tiles/*.png")
+    label_batch.fn(items, labeller, with_run(job, cluster_backend="scipy"))
+    other = LabelJob(str(tmp_path / "torch.zarr"), job.input_prefix, job.run.model_copy(update={"cluster_backend": "torch"}))
+    label_batch.fn(items, labeller, other)
+    scipy_archive, torch_archive = (MaskArchive.open(url, mode="r") for url in (job.archive_url, other.archive_url))
+    for concept, key in scipy_archive.list_masks():
+        assert scipy_archive.mask_record(concept, key)["mask_sha256"] == torch_archive.mask_record(concept, key)["mask_sha256"]
+    # and the backend is not part of what a mask depends on: the scipy archive is up to date for a torch run
+    assert {o.status for o in label_batch.fn(items, labeller, with_run(job, cluster_backend="torch"))} == {"skipped"}
