@@ -70,6 +70,82 @@ def test_every_docs_page_is_linked_from_the_readme():
     assert not unlinked, f"pages nobody finds from README.md: {unlinked}"
 
 
+def _options_documented():
+    """(page, option names the page must show, how): every field of the configs and of RunOptions."""
+    import dataclasses
+
+    from dinoseg_core.config import InsidConfig, SceneConfig
+    from dinoseg_core.ovseg import OvsegConfig, TrainConfig
+    from tasks.options import RunOptions
+
+    def flags(config, prefix=""):
+        return [f"--{prefix}{f.name.replace('_', '-')}" for f in dataclasses.fields(config)]
+
+    return [
+        ("docs/method.md", flags(InsidConfig)),
+        ("docs/scenes.md", flags(SceneConfig, "scene-")),
+        ("docs/open-vocabulary.md", flags(OvsegConfig) + flags(TrainConfig)),
+        ("docs/deployments.md", [f"`{name}`" for name in RunOptions.model_fields]),
+    ]
+
+
+def test_every_option_is_documented():
+    """A config field or run option added without a line in its page fails here (the tables list them all; a
+    ``--head-*`` family stands for SegHeadConfig's fields)."""
+    missing = []
+    for page, names in _options_documented():
+        text = (REPO / page).read_text()
+        missing += [f"{page}: {name}" for name in names if not re.search(re.escape(name) + r"(?![\w-])", text)]
+    assert not missing, "options missing from the docs:\n" + "\n".join(missing)
+
+
+def _table_defaults(page: str) -> dict[str, str]:
+    """``{name: default cell}`` of every table row of ``page`` that starts with one backticked option name."""
+    rows = re.findall(r"^\| `([\w-]+)` \| ([^|]+?) \|", (REPO / page).read_text(), flags=re.MULTILINE)
+    found: dict[str, str] = {}
+    for name, cell in rows:  # the first row of a name is its definition (later tables may reuse it as a header)
+        found.setdefault(name.lstrip("-").replace("-", "_"), cell.strip().strip("`"))
+    return found
+
+
+def _same_default(cell: str, value) -> bool | None:
+    """Whether a table's default cell states ``value``; None when the cell is prose (not compared)."""
+    if value is None:
+        return True if cell == "none" else None  # None often stands for a computed default, said in words
+    if isinstance(value, bool):
+        return cell in (("on", "true") if value else ("off", "false"))
+    if isinstance(value, (int, float)):
+        try:
+            return float(cell) == float(value)
+        except ValueError:
+            return None
+    if isinstance(value, str) and " " not in cell:
+        return cell == value
+    return None
+
+
+def test_documented_defaults_are_the_code_defaults():
+    """The defaults in the option tables are the configs' own (numbers the papers fix are written once, in code;
+    a table that disagrees is wrong)."""
+    import dataclasses
+
+    from dinoseg_core.config import InsidConfig, SceneConfig
+    from tasks.options import RunOptions
+
+    defaults = [("docs/method.md", {f.name: f.default for f in dataclasses.fields(InsidConfig)}),
+                ("docs/scenes.md", {f"scene_{f.name}": f.default for f in dataclasses.fields(SceneConfig)}),
+                ("docs/deployments.md", {name: f.default for name, f in RunOptions.model_fields.items()})]
+    wrong, compared = [], 0
+    for page, values in defaults:
+        for name, cell in _table_defaults(page).items():
+            same = _same_default(cell, values[name]) if name in values else None
+            compared += same is not None
+            if same is False:
+                wrong.append(f"{page}: {name} is documented as {cell!r}, the code says {values[name]!r}")
+    assert not wrong, "\n".join(wrong)
+    assert compared >= 14, f"only {compared} defaults compared: did the tables change shape?"
+
+
 def test_blocks_are_marked_and_skips_are_few():
     """Parsing already refused unknown languages, stray markers and skips without a reason."""
     skipped = [b for b in BLOCKS if b.action == "skip"]
