@@ -25,7 +25,7 @@ import time
 import numpy as np
 
 CONCEPT = "roof"
-RANDOM_WEIGHTS_TAU = 0.9  # see README, "Random weights and tau"
+RANDOM_WEIGHTS_TAU = 0.9  # see docs/method.md, "Random weights and tau"
 
 
 def rss_mb() -> float:

@@ -211,7 +211,7 @@ class StoredMask:
 
 # ------------------------------------------------------------------------------------------------ the archive
 class MaskArchive:
-    """A dinoseg mask archive (layout in the module docstring). Create or open one with :meth:`open`."""
+    """A dinoseg mask archive (layout: docs/archive.md). Create or open one with :meth:`open`."""
 
     def __init__(self, url: str, storage_options: dict[str, Any] | None, mode: _Mode, root_attrs: dict[str, Any]):
         self.url = _normalise_root(url)

@@ -1,4 +1,4 @@
-"""prefect.yaml end to end, as the README walks through it: a Prefect server, a process work pool, ``prefect deploy
+"""prefect.yaml end to end, as docs/deployments.md walks through it: a Prefect server, a process work pool, ``prefect deploy
 --all``, a worker, ``prefect deployment run ... --param ...``; the masks land in an S3 archive (moto), the run's
 summary in S3 result storage as JSON, and a run with a bad parameter ends Failed with the reason in its logs. The
 variants in deployments/ deploy too."""

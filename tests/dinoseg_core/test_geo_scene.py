@@ -20,7 +20,7 @@ from dinoseg_core.io.raster import open_raster, raster_reader
 from dinoseg_core.segmenter import InContextSegmenter
 from dinoseg_core.synthetic import generate_scene
 
-#: See README, "Random weights and tau".
+#: See docs/method.md, "Random weights and tau".
 RANDOM_WEIGHTS_TAU = 0.9
 CONCEPT = "roof"
 

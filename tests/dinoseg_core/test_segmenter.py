@@ -19,7 +19,7 @@ SIZE = 512
 CONCEPT = "roof"
 #: Random-init ViT features are compressed (mean cosine between two patches of a scene ~0.66, where trained
 #: DINOv3 features spread widely), so the paper's tau = 0.6 merges most of a scene into one cluster. Tests and the
-#: demo on random weights cut the tree at tau = 0.9 (``bench/`` and the README give the numbers); every other
+#: demo on random weights cut the tree at tau = 0.9 (``bench/`` and docs/method.md give the numbers); every other
 #: value is the paper's.
 RANDOM_WEIGHTS_TAU = 0.9
 
