@@ -10,10 +10,13 @@ CLIP does (``clip/simple_tokenizer.py``):
 4. ``<|startoftext|>`` and ``<|endoftext|>``.
 
 Token ids are positions in that list (49,408 for the real file; SOT = 49406, EOT = 49407). The vocabulary and
-merges then feed ``transformers.CLIPTokenizer(vocab=..., merges=...)``, whose normaliser (NFC, whitespace
-collapsed, lower case), pre-tokeniser (CLIP's regex, then byte-level) and BPE model (``</w>`` suffix) are
-Hugging Face's port of the same algorithm. We add CLIP's ``html.unescape`` (twice) and strip; ``ftfy.fix_text``
-(which CLIP also applies, to repair mojibake) is used only when ``ftfy`` is installed.
+merges then feed ``transformers.CLIPTokenizer(vocab=..., merges=...)``, whose pre-tokeniser (CLIP's regex, then
+byte-level) and BPE model (``</w>`` suffix) are Hugging Face's port of the same algorithm. Its normaliser (NFC,
+whitespace collapsed, lower case in Rust) is replaced by CLIP's own clean-up in Python, which differs on a few
+characters (Python lower-cases a word-final ``Σ`` to ``ς``): ``basic_clean`` (``ftfy.fix_text``, a dependency,
+which turns ``’`` into ``'``, ``ﬁ`` into ``fi`` and full-width letters into ASCII, so that ``a dog’s house``
+tokenises as Meta's tokenizer does; then ``html.unescape`` twice, then strip), ``whitespace_clean`` (``\\s+`` ->
+one space, strip) and ``str.lower``.
 
 A sequence is ``[SOT] + tokens + [EOT]`` padded with 0 to the context length (77), as Meta's
 ``dinov3/eval/text/tokenizer.py`` does; the text tower pools at the largest id of each row, which is the EOT.
@@ -27,10 +30,12 @@ import gzip
 import hashlib
 import html
 import os
+import re
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
+import ftfy
 import torch
 
 from dinoseg_core.errors import CheckpointError, InputError
@@ -44,6 +49,7 @@ CONTEXT_LENGTH = 77
 CLIP_NUM_MERGES = 49152 - 256 - 2
 SOT = "<|startoftext|>"
 EOT = "<|endoftext|>"
+_WHITESPACE = re.compile(r"\s+")
 _EXPECTED = ("CLIP's byte-pair-encoding merges file, such as bpe_simple_vocab_16e6.txt.gz (gzipped or plain text: "
              "a header line, then one 'a b' merge per line)")
 
@@ -128,6 +134,10 @@ class ClipTokenizer:
             raise CheckpointError(f"{source}: the merges do not form a valid BPE vocabulary ({exc}). Expected "
                                   f"{_EXPECTED}.") from exc
         self._backend = self._hf.backend_tokenizer
+        # CLIP's clean-up (:meth:`clean`) replaces the Rust normaliser, whose lower case differs from Python's.
+        from tokenizers import normalizers
+
+        self._backend.normalizer = normalizers.Sequence([])
         self.vocab_size = len(self._vocab)
         self.sot_id = self._vocab[SOT]
         self.eot_id = self._vocab[EOT]
@@ -154,15 +164,10 @@ class ClipTokenizer:
 
     @staticmethod
     def clean(text: str) -> str:
-        """CLIP's text clean-up before BPE: ``ftfy.fix_text`` when installed, HTML entities unescaped twice,
-        stripped. (Lower-casing and whitespace collapsing happen in the tokenizer's normaliser.)"""
-        try:
-            import ftfy  # optional, as in CLIP
-        except ImportError:
-            pass
-        else:
-            text = ftfy.fix_text(text)
-        return html.unescape(html.unescape(text)).strip()
+        """CLIP's clean-up before BPE: ``basic_clean`` (``ftfy.fix_text``, HTML entities unescaped twice,
+        stripped), ``whitespace_clean`` (``\\s+`` -> one space) and lower case, as ``clip/simple_tokenizer.py``."""
+        text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+        return _WHITESPACE.sub(" ", text).strip().lower()
 
     def _check_text(self, text: Any, what: str) -> str:
         if not isinstance(text, str):
