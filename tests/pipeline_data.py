@@ -30,6 +30,33 @@ def write_collection(root: str, tiles: int = 4, size: int = 128, storage_options
     return urls
 
 
+def write_text_tiles(root: str, n: int = 3, size: int = 64) -> list[str]:
+    """``root/tiles/tile_NN.png``: generated shapes on grass for the open-vocabulary tests; returns the URLs."""
+    from tests.ovseg_factory import shapes_image
+
+    urls = []
+    for i in range(n):
+        url = storage.join(root, "tiles", f"tile_{i:02d}.png")
+        imageio.write_image_png(url, shapes_image(100 + i, size)[0])
+        urls.append(url)
+    return urls
+
+
+def assert_failure_named_everywhere(state, archive: str, name: str, labelled: int) -> None:
+    """A run with one bad image ``name``: Failed, named in the state, the summary, the run log and the table."""
+    import json
+
+    from dinoseg_core.io.archive import MaskArchive
+
+    assert state.is_failed() and name in state.message
+    summary = state.result(raise_on_failure=False)
+    assert summary["labelled"] == labelled and summary["failed"] == 1
+    log = MaskArchive.open(archive, mode="r").run_logs()[0]
+    assert log["failures"][0]["uri"].endswith(name) and log["failures"][0]["reason"]
+    table = next(a for a in artifacts_of(state) if a["type"] == "table")
+    assert name in json.dumps(table["data"])
+
+
 def artifacts_of(state) -> list[dict]:
     """The artifacts a flow run created, read back from the server's REST API (the 3.8.8 client sends None for
     limit/sort, which the server rejects)."""

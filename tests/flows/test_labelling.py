@@ -1,16 +1,20 @@
 """The flows under a real (temporary) Prefect server: states, artifacts, run logs, S3, the CLI."""
 
-import json
 
 import numpy as np
 import pytest
 import xarray as xr
 
+from dinoseg.cli import main as cli
 from dinoseg_core.io import storage
 from dinoseg_core.io.archive import MaskArchive
-from dinoseg.cli import main as cli
 from flows.labelling import label_collection, segment_images
-from tests.pipeline_data import TINY, artifacts_of, write_collection
+from tests.pipeline_data import (
+    TINY,
+    artifacts_of,
+    assert_failure_named_everywhere,
+    write_collection,
+)
 
 
 def run(*, cache=None, **params):
@@ -42,14 +46,7 @@ def test_a_corrupt_object_fails_the_run_and_is_named_everywhere(tmp_path):
     storage.write_bytes(f"{root}/tiles/tile_zz_truncated.png", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
     state = run(references=f"{root}/refs.yaml", images=f"{root}/tiles/*.png", archive=str(tmp_path / "a.zarr"),
                 cache=str(tmp_path / "cache"))
-    assert state.is_failed()
-    assert "tile_zz_truncated.png" in state.message
-    summary = state.result(raise_on_failure=False)
-    assert summary["labelled"] == 2 and summary["failed"] == 1
-    log = MaskArchive.open(str(tmp_path / "a.zarr"), mode="r").run_logs()[0]
-    assert log["failures"][0]["uri"].endswith("tile_zz_truncated.png") and log["failures"][0]["reason"]
-    table = next(a for a in artifacts_of(state) if a["type"] == "table")
-    assert "tile_zz_truncated.png" in json.dumps(table["data"])
+    assert_failure_named_everywhere(state, str(tmp_path / "a.zarr"), "tile_zz_truncated.png", labelled=2)
 
 
 def test_bad_parameters_and_manifests_are_named(tmp_path):

@@ -11,15 +11,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dinoseg.cli import main as cli
 from dinoseg_core.errors import InputError
 from dinoseg_core.io import imageio, storage
 from dinoseg_core.io.archive import MaskArchive, image_key
 from dinoseg_core.io.heads import load_seg_model
 from dinoseg_core.ovseg import load_dinotxt
-from dinoseg.cli import main as cli
 from flows.text import evaluate_ovss, label_with_text, sparkline, train_ovss
 from tests.ovseg_factory import SHAPE_CLASSES, shapes_image
-from tests.pipeline_data import artifacts_of
+from tests.pipeline_data import (
+    artifacts_of,
+    assert_failure_named_everywhere,
+    write_text_tiles,
+)
 
 TINY = "random:tiny@0"
 CLASSES = "grass,red square,blue disk"
@@ -31,13 +35,6 @@ HEAD = {"hidden": 16, "early_blocks": 0, "spatial_blocks": 1, "class_blocks": 1,
         "decoder_channels": [8]}
 
 
-def write_tiles(root: str, n: int = 3, size: int = 64) -> list[str]:
-    urls = []
-    for i in range(n):
-        url = storage.join(root, "tiles", f"tile_{i:02d}.png")
-        imageio.write_image_png(url, shapes_image(100 + i, size)[0])
-        urls.append(url)
-    return urls
 
 
 def write_dataset(root: str, n: int, seed: int, size: int = 64) -> str:
@@ -58,7 +55,7 @@ def label(*, batch_size=8, **params):
 
 def test_label_with_text_writes_masks_a_user_reads_back_then_skips(tmp_path):
     root = str(tmp_path / "bucket")
-    urls = write_tiles(root)
+    urls = write_text_tiles(root)
     params = dict(classes=CLASSES, images=f"{root}/tiles/*.png", archive=str(tmp_path / "a.zarr"))
     first = label(**params)
     assert first.is_completed(), first.message
@@ -82,17 +79,10 @@ def test_label_with_text_writes_masks_a_user_reads_back_then_skips(tmp_path):
 
 def test_a_corrupt_image_fails_alone_and_is_named_everywhere(tmp_path):
     root = str(tmp_path / "bucket")
-    write_tiles(root, n=2)
+    write_text_tiles(root, n=2)
     storage.write_bytes(f"{root}/tiles/tile_zz_truncated.png", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
     state = label(classes=CLASSES, images=f"{root}/tiles/*.png", archive=str(tmp_path / "a.zarr"), batch_size=2)
-    assert state.is_failed()
-    assert "tile_zz_truncated.png" in state.message
-    summary = state.result(raise_on_failure=False)
-    assert summary["labelled"] == 2 and summary["failed"] == 1
-    log = MaskArchive.open(str(tmp_path / "a.zarr"), mode="r").run_logs()[0]
-    assert log["failures"][0]["uri"].endswith("tile_zz_truncated.png") and log["failures"][0]["reason"]
-    table = next(a for a in artifacts_of(state) if a["type"] == "table")
-    assert "tile_zz_truncated.png" in json.dumps(table["data"])
+    assert_failure_named_everywhere(state, str(tmp_path / "a.zarr"), "tile_zz_truncated.png", labelled=2)
 
 
 @pytest.mark.parametrize("classes, message", [
@@ -102,7 +92,7 @@ def test_a_corrupt_image_fails_alone_and_is_named_everywhere(tmp_path):
 ], ids=["duplicate", "empty", "too-long"])
 def test_bad_class_lists_fail_early_with_a_clear_message(tmp_path, classes, message):
     root = str(tmp_path / "bucket")
-    write_tiles(root, n=1)
+    write_text_tiles(root, n=1)
     state = label(classes=classes, images=f"{root}/tiles/*.png", archive=str(tmp_path / "a.zarr"))
     assert state.is_failed()
     assert pytest.raises(InputError, state.result).match(message)
@@ -150,7 +140,7 @@ def test_train_and_evaluate_name_what_is_missing(tmp_path):
 
 def test_the_text_commands(tmp_path, capsys):
     root = str(tmp_path / "bucket")
-    write_tiles(root, n=2)
+    write_text_tiles(root, n=2)
     args = ["label-text", "--classes", "grass,red square", "--images", f"{root}/tiles/*.png", "--archive",
             str(tmp_path / "a.zarr"), "--dinotxt", TINY, "--device", "cpu", "--short-side", "64", "--window", "64",
             "--stride", "32", "--templates", "a photo of a {}.", "--background-threshold", "0.3", "--concept-prefix", "text-"]

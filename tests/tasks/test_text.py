@@ -18,6 +18,7 @@ from tasks.options import RunOptions
 from tasks.sources import WorkItem, list_images
 from tasks.text import TextModelSpec, prepare_classes
 from tests.ovseg_factory import shapes_image
+from tests.pipeline_data import write_text_tiles
 
 #: Tiny random towers (2-block 64-wide backbone and vision head, 2-layer text tower): behaviour, not accuracy.
 MODEL = TextModelSpec("random:tiny@0", device="cpu")
@@ -26,13 +27,6 @@ CLASSES = ("grass", "red square", "blue disk")
 OPTIONS = {"short_side": 64, "window": 64, "stride": 32, "templates": ["a photo of a {}."]}
 
 
-def write_tiles(root: str, n: int = 3, size: int = 64) -> list[str]:
-    urls = []
-    for i in range(n):
-        url = storage.join(root, "tiles", f"tile_{i:02d}.png")
-        imageio.write_image_png(url, shapes_image(100 + i, size)[0])
-        urls.append(url)
-    return urls
 
 
 def snapshot(path):
@@ -44,7 +38,7 @@ def snapshot(path):
 def collection(tmp_path):
     """(root, job, labeller): three tiles, three classes, an empty archive."""
     root = str(tmp_path / "bucket")
-    write_tiles(root)
+    write_text_tiles(root)
     job = LabelJob(str(tmp_path / "masks.zarr"), f"{root}/tiles", RunOptions())
     return root, job, prepare_classes.fn(MODEL, CLASSES, OPTIONS)
 
