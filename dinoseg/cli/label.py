@@ -43,11 +43,13 @@ def add_commands(commands) -> None:
     preview.add_argument("--out", required=True, help="output folder, path or URL")
     preview.add_argument("--limit", type=int, default=None, help="at most this many images")
 
-    export = add_command(commands, "export", run_export, help="turn a concept's georeferenced masks into polygons")
+    export = add_command(commands, "export", run_export,
+                         help="turn a concept's georeferenced masks into polygons, or into Cloud-Optimized GeoTIFFs")
     _add_archive_options(export)
-    export.add_argument("--out", required=True, help="output file URL (.geojson, .gpkg or .parquet)")
-    export.add_argument("--format", choices=["geojson", "gpkg", "parquet"], default=None,
-                        help="default: from the file extension")
+    export.add_argument("--out", required=True,
+                        help="output file URL (.geojson, .gpkg or .parquet); with --format cog, an output folder")
+    export.add_argument("--format", choices=["geojson", "gpkg", "parquet", "cog"], default=None,
+                        help="default: from the file extension; cog: one <source stem>.<concept>.tif per mask")
     export.add_argument("--to-crs", default=None, help="reproject, e.g. EPSG:4326 (default: the source CRS)")
 
 
@@ -116,6 +118,10 @@ def run_export(args: argparse.Namespace) -> int:
     keys = [key for _, key in archive.list_masks(args.concept)]
     if not keys:
         raise InputError(f"--concept {args.concept!r}: no masks in {args.archive}; it has {archive.list_concepts()}")
+    if args.format == "cog":
+        if args.to_crs:
+            raise InputError("--to-crs reprojects polygons; COGs keep the source's grid: leave --to-crs out")
+        return _export_cogs(args, archive, keys)
     records, crs = [], None
     for key in keys:
         record, mask = archive.mask_array(args.concept, key)
@@ -131,3 +137,41 @@ def run_export(args: argparse.Namespace) -> int:
     print(f"wrote {len(records)} polygon(s) of '{args.concept}' from {len(keys)} mask(s) to {args.out} ({fmt})",
           file=sys.stderr)
     return EXIT_OK
+
+
+def _export_cogs(args: argparse.Namespace, archive, keys: list[str]) -> int:
+    """OUT/<source stem>.<concept>.tif for every georeferenced mask of the concept, read in blocks; a mask without
+    georeferencing (a PNG tile) is skipped and named."""
+    from dinoseg_core.geo.georef import georeference_from_attrs
+    from dinoseg_core.io import storage
+    from dinoseg_core.io.cog import gdal_tags, write_cog
+
+    written, skipped = [], []
+    names = unique_names([archive.mask_record(args.concept, key)["source_uri"] for key in keys])
+    for key, name in zip(keys, names):
+        record, mask = archive.mask_array(args.concept, key)
+        try:
+            transform, crs = georeference_from_attrs(record)
+        except InputError:
+            skipped.append(record["source_uri"])
+            continue
+        url = storage.join(args.out, f"{name}.{args.concept}.tif")
+        write_cog(url, mask, transform, crs, gdal_tags(record), args.storage_options)
+        written.append(url)
+    for uri in skipped:
+        print(f"skipped {uri}: no georeferencing (not made from a GeoTIFF)", file=sys.stderr)
+    print(f"wrote {len(written)} COG(s) of '{args.concept}' to {args.out}, skipped {len(skipped)}", file=sys.stderr)
+    return EXIT_OK
+
+
+def unique_names(uris: list[str]) -> list[str]:
+    """Output names from source URIs: each source's stem, with ``-2``, ``-3``, ... added where stems repeat."""
+    from dinoseg_core.io import storage
+
+    seen: dict[str, int] = {}
+    names = []
+    for uri in uris:
+        stem = storage.stem(uri)
+        seen[stem] = seen.get(stem, 0) + 1
+        names.append(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}")
+    return names
