@@ -28,6 +28,7 @@ from prefect.concurrency.sync import concurrency
 from dinoseg_core.backbone import Backbone, load_backbone
 from dinoseg_core.basis import BasisCache, PositionalBasis
 from dinoseg_core.config import InsidConfig
+from dinoseg_core.features import auto_batch_size
 from dinoseg_core.io.featurestore import (
     FeatureCache,
     content_key,
@@ -132,7 +133,10 @@ def segmenter(
         key = (model.fingerprint, feature_key(config), cluster_backend)
         if key not in _segmenters:
             bases = _bases.setdefault(model.fingerprint, BasisCache())
-            _segmenters[key] = InContextSegmenter(model, config, basis_cache=bases, cluster_backend=cluster_backend)
+            # images per forward from the device's free memory (on the CPU: the default)
+            per_forward = auto_batch_size(model, (config.image_size, config.image_size))
+            _segmenters[key] = InContextSegmenter(model, config, basis_cache=bases, cluster_backend=cluster_backend,
+                                                  batch_size=per_forward)
         seg = _segmenters[key]
         if config.resize_mode == "square" and cache is not None:
             _share_basis(seg, cache)
