@@ -89,7 +89,7 @@ class Pending:
 
 class Labeller(Protocol):
     """What the engine needs of a labeller. ``scenes``: whether scene items go through :meth:`label_scene`
-    (windowed); otherwise they are decoded whole like tiles."""
+    (windowed); otherwise they are decoded whole like tiles, and the labeller needs no ``label_scene``."""
 
     scenes: bool
 

@@ -87,13 +87,15 @@ def segmenter(spec: TextModelSpec, config: OvsegConfig, storage_options: dict[st
     return TextSegmenter(model, config)
 
 
-def class_embeddings(seg: TextSegmenter, classes: Sequence[str]) -> ClassEmbeddings:
-    """The embedded class list (prompt ensemble through the text tower), computed once per process."""
+def class_embeddings(seg: TextSegmenter, classes: Sequence[str],
+                     synonyms: tuple[tuple[str, tuple[str, ...]], ...] = ()) -> ClassEmbeddings:
+    """The embedded class list (prompt ensemble through the text tower), computed once per process.
+    ``synonyms``: (class name, its prompts) pairs."""
     cfg = seg.config
-    key = (seg.dinotxt.fingerprint, tuple(classes), cfg.templates, cfg.background_prompts)
+    key = (seg.dinotxt.fingerprint, tuple(classes), tuple(synonyms), cfg.templates, cfg.background_prompts)
     with _lock:
         if key not in _class_embeddings:
-            _class_embeddings[key] = seg.embed_classes(list(classes))
+            _class_embeddings[key] = seg.embed_classes(list(classes), dict(synonyms))
         return _class_embeddings[key]
 
 
@@ -126,6 +128,7 @@ class ClassSet:
     concepts: tuple[str, ...]
     provenance: dict[str, Any] = field(hash=False)
     mode: str
+    synonyms: tuple[tuple[str, tuple[str, ...]], ...] = ()
     scenes = False
 
     @property
@@ -150,7 +153,7 @@ class ClassSet:
         if not tiles:
             return
         seg = segmenter(self.model, self.config(), job.run.storage_options)
-        classes = class_embeddings(seg, self.names)
+        classes = class_embeddings(seg, self.names, self.synonyms)
         methods = self.methods("tile")
         for tile in tiles:
             try:
@@ -169,19 +172,20 @@ class ClassSet:
                     )
             yield tile, tile.todo
 
-    def label_scene(self, scene: Pending, archive: MaskArchive, job: LabelJob) -> tuple[str, ...]:
-        raise NotImplementedError("ClassSet.scenes is False: the engine decodes scene items whole, as tiles")
-
 
 @task(name="prepare-classes", cache_policy=NO_CACHE, **STORAGE_RETRIES)
 def prepare_classes(model: TextModelSpec, names: tuple[str, ...], options: dict[str, Any],
-                    concept_prefix: str = "", storage_options: dict[str, Any] | None = None) -> ClassSet:
-    """Load the text model (once per process) and embed the class list; a class whose prompts do not fit the
-    text context, or a class clashing with a background prompt, fails here, before any image is read."""
+                    concept_prefix: str = "", storage_options: dict[str, Any] | None = None,
+                    synonyms: tuple[tuple[str, tuple[str, ...]], ...] = ()) -> ClassSet:
+    """Load the text model (once per process) and embed the class list (``synonyms``: (class, prompts) pairs);
+    a class whose prompts do not fit the text context, or a class clashing with a background prompt, fails here,
+    before any image is read."""
     seg = segmenter(model, OvsegConfig.from_dict(dict(options)), storage_options)
-    classes = class_embeddings(seg, names)
+    synonyms = tuple((n, tuple(p)) for n, p in synonyms)
+    classes = class_embeddings(seg, names, synonyms)
     archive_names = concept_names(classes.class_names)
     provenance = {**seg.provenance(classes), "backbone_random": seg.dinotxt.is_random, "head": model.head}
     return ClassSet(model=model, options=dict(options), names=tuple(classes.class_names),
                     concepts=tuple(concept_prefix + archive_names[c] for c in classes.class_names),
-                    provenance=provenance, mode=seg.mode)
+                    provenance=provenance, mode=seg.mode, synonyms=synonyms)
+
