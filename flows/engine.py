@@ -12,6 +12,7 @@ cluster through prefect-dask (``"dask"``: a local cluster of ``run.dask_workers`
 from __future__ import annotations
 
 import datetime as dt
+import re
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -91,13 +92,22 @@ def batches(items: list[WorkItem], batch_size: int, scenes: bool) -> list[list[W
         tiles[start : start + batch_size] for start in range(0, len(tiles), batch_size)]
 
 
+def artifact_key(kind: str, flow_name: str | None = None) -> str:
+    """The stable key of a run's ``kind`` artifact (``summary``, ``progress``, ``failures``):
+    ``dinoseg-<flow name>-<kind>``, e.g. ``dinoseg-label-collection-summary``, so that the Prefect UI lists every
+    run's artifact of that kind under one key. The flow name defaults to the running flow's; Prefect's key rules
+    (lowercase letters, digits and dashes) are applied to it."""
+    name = flow_name or flow_run.get_flow_name() or "run"
+    return f"dinoseg-{re.sub(r'[^a-z0-9]+', '-', name.lower()).strip('-') or 'run'}-{kind}"
+
+
 def run_jobs(runner: TaskRunner, jobs: list[tuple[dict[str, Any], list[str]]], description: str
              ) -> list[ImageOutcome]:
     """Submit ``label_batch`` once per (parameters, image URLs) job on ``runner`` and collect the outcomes as they
-    come, with a progress artifact and, on a terminal, a progress bar. A job whose retries ran out fails each of
-    its images with the job's error as the reason."""
+    come, with a progress artifact (key :func:`artifact_key` ``("progress")``) and, on a terminal, a progress bar.
+    A job whose retries ran out fails each of its images with the job's error as the reason."""
     total = sum(len(urls) for _, urls in jobs)
-    progress = create_progress_artifact(0.0, description=description)
+    progress = create_progress_artifact(0.0, key=artifact_key("progress"), description=description)
     outcomes: list[ImageOutcome] = []
     bar = tqdm(total=total, desc="label", unit="image", disable=None)  # shown on a terminal only
     with runner:
@@ -118,16 +128,21 @@ def finish_run(
     outcomes: list[ImageOutcome], archive: str, storage_options: dict[str, Any] | None, started: float,
     labelling_started: float, run_id: str, parameters: dict[str, Any], *, title: str = "dinoseg labelling summary",
 ) -> Completed | Failed:
-    """The end of every labelling flow: summary table artifact, run log (only when something happened) and the
-    final state: Completed, or Failed listing the failures so that a schedule's owner sees them."""
+    """The end of every labelling flow: the summary table artifact (``metric``, ``value``), a failures table
+    (``uri``, ``reason``) when images failed, both keyed by :func:`artifact_key`; the run log (only when something
+    happened) and the final state: Completed, or Failed listing the failures so that a schedule's owner sees
+    them."""
     summary = _summary(outcomes, time.perf_counter() - started, time.perf_counter() - labelling_started)
     get_run_logger().info("labelled %(labelled)d, skipped %(skipped)d, failed %(failed)d", summary)
     create_table_artifact(
-        [{"status": k, "images": summary[k]} for k in ("labelled", "skipped", "failed")]
-        + [{"status": "seconds per labelled image", "images": summary["seconds_per_labelled_image"]}]
-        + [{"status": f"failed: {f['uri']}", "images": f["reason"]} for f in summary["failures"]],
-        description=title,
+        [{"metric": f"images {k}", "value": summary[k]} for k in ("labelled", "skipped", "failed")]
+        + [{"metric": "seconds", "value": summary["seconds"]},
+           {"metric": "seconds per labelled image", "value": summary["seconds_per_labelled_image"]}],
+        key=artifact_key("summary"), description=title,
     )
+    if summary["failures"]:
+        create_table_artifact(summary["failures"], key=artifact_key("failures"),
+                              description=f"{title}: {summary['failed']} image(s) failed")
     if summary["labelled"] or summary["failed"]:  # a run that changed nothing writes nothing
         write_run_log(archive, storage_options, run_id, {"run_id": run_id, **parameters, **summary})
     if summary["failed"]:
