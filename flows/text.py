@@ -29,27 +29,37 @@ from pydantic import Field
 
 from dinoseg_core.errors import InputError
 from dinoseg_core.io import storage
+from dinoseg_core.io.classfile import read_classes
 from dinoseg_core.ovseg import (
     OvsegConfig,
     SegHeadConfig,
     TrainConfig,
-    validate_class_names,
 )
 from dinoseg_core.ovseg.config import HeadOptions, OvsegOptions, TrainOptions
 from flows.engine import RESULT_SERIALIZER, label
 from tasks.options import RunOptions
+from dinoseg_core.ovseg.classes import ClassList, require_background
 from tasks.text import ClassSet, TextModelSpec, prepare_classes
 from tasks.training import DatasetLayout, DatasetSpec, evaluate_model, train_head
 
 _CONCEPT_PREFIX = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]{0,19})?$")
 
 
-def _class_list(classes: list[str] | str) -> tuple[str, ...]:
-    """The validated class list (a list, or one comma-separated string)."""
+def _class_list(classes: list[str] | str, storage_options: dict[str, Any] | None = None) -> ClassList:
+    """The validated class list: a list, one comma-separated string, or ``"@<url>"`` (a class file)."""
     try:
-        return validate_class_names(classes)
+        return read_classes(classes, storage_options)
     except InputError as exc:
         raise InputError(f"classes: {exc}") from None
+
+
+def _class_names(classes: list[str] | str, storage_options: dict[str, Any] | None = None) -> tuple[str, ...]:
+    """The class names for training and evaluation, where a class is its name (no synonyms)."""
+    class_list = _class_list(classes, storage_options)
+    if class_list.prompts:
+        raise InputError(f"classes: synonyms ({', '.join(class_list.prompts)}) are used by label_with_text only; "
+                         "training and evaluation name each label value once: remove the ': prompt; ...' parts")
+    return class_list.names
 
 
 def _options(model: Any, config_cls: type, what: str) -> dict[str, Any]:
@@ -93,7 +103,10 @@ def label_with_text(
     or the config relabels, ``run.force`` relabels everything.
 
     Args:
-        classes: the class names, a list or one comma-separated string (``"building,road,water"``).
+        classes: the class names, a list or one comma-separated string (``"building,road,water"``), each entry
+            ``name`` or ``name: prompt1; prompt2`` (synonyms: the class embedding is their mean); or
+            ``"@<url>"``, a class file with one entry per line (``#`` comments, blank lines ignored). A single
+            class needs ``options.background_threshold`` or ``options.background_prompts``.
         images: the collection: a glob (``s3://lake/tiles/**/*.png``), a folder, a single file or a list of URLs.
         archive: URL of the Zarr mask archive (created if missing; may be shared with ``label_collection``).
         dinotxt: Meta's dino.txt head-and-text-encoder file (path or URL), or ``random:tiny`` for tests.
@@ -106,15 +119,19 @@ def label_with_text(
         run: how the run runs (:class:`tasks.options.RunOptions`; ``save_similarity`` stores each class's
             probability map).
     """
-    names = _class_list(classes)  # duplicates and empty names fail here, before anything is loaded
+    # duplicates, empty names and bad class-file lines fail here, before anything is loaded
+    class_list = _class_list(classes, run.storage_options if run is not None else None)
+    names = class_list.names
     if not _CONCEPT_PREFIX.match(concept_prefix):
         raise InputError(f"concept_prefix={concept_prefix!r}: use up to 20 characters from A-Z a-z 0-9 . _ - "
                          "starting with a letter or digit, e.g. 'text-'")
     given = _options(options, OvsegConfig, "options")
+    require_background(names, given)
+    synonyms = tuple(class_list.prompts.items())
 
     def prepare(run: RunOptions) -> ClassSet:
         model = TextModelSpec(dinotxt, bpe, backbone, head, run.device, run.dtype)
-        class_set = prepare_classes(model, names, given, concept_prefix, run.storage_options)
+        class_set = prepare_classes(model, names, given, concept_prefix, run.storage_options, synonyms)
         logger = get_run_logger()
         if class_set.is_random:
             logger.warning("RANDOM WEIGHTS: %s is a random initialisation; the masks only check the pipeline.",
@@ -126,7 +143,7 @@ def label_with_text(
 
     concepts: dict[str, str] = {}
     state = label(images, archive, run, prepare, {
-        "flow": "label-with-text", "classes": list(names), "dinotxt": dinotxt, "backbone": backbone, "head": head,
+        "flow": "label-with-text", "classes": list(names), "synonyms": dict(synonyms), "dinotxt": dinotxt, "backbone": backbone, "head": head,
         "options": given,
     }, title="dinoseg label-text summary")
     state.data["concepts"] = concepts
@@ -139,8 +156,8 @@ def label_with_text(
 
 
 def _dataset(dataset: str, layout: DatasetLayout, classes: list[str] | str | None, class_table: str | None,
-             split: str) -> DatasetSpec:
-    names = _class_list(classes) if classes is not None else None
+             split: str, storage_options: dict[str, Any] | None = None) -> DatasetSpec:
+    names = _class_names(classes, storage_options) if classes is not None else None
     return DatasetSpec(dataset, layout, names, class_table, split)
 
 
@@ -187,7 +204,8 @@ def train_ovss(
             at the end; with ``resume`` (default) an existing one there is continued, so rerunning after an
             interruption finishes the job.
         steps: total optimiser steps (a resumed run does only the missing ones).
-        classes: class names of the folder layout (label value i -> classes[i]).
+        classes: class names of the folder layout (label value i -> classes[i]): a list, a comma-separated
+            string or ``"@<url>"`` (a class file, one name per line).
         class_table: URL of the raw id -> name table (coco-stuff layout).
         train: :class:`~dinoseg_core.ovseg.TrainConfig` fields; head: :class:`~dinoseg_core.ovseg.SegHeadConfig`
             fields (``feature_dim`` follows the towers).
@@ -198,7 +216,7 @@ def train_ovss(
         ``first_loss``, ``final_loss``, ``seconds``, ``seconds_per_step``, ``classes``, ``images``.
     """
     logger = get_run_logger()
-    data = _dataset(dataset, layout, classes, class_table, split)
+    data = _dataset(dataset, layout, classes, class_table, split, storage_options)
     train_given = _options(train, TrainConfig, "train")
     head_given = _options(head, SegHeadConfig, "head")
     model = TextModelSpec(dinotxt, bpe, backbone, None, device, dtype)
@@ -255,7 +273,7 @@ def evaluate_ovss(
         A dict: ``miou``, ``pixel_accuracy``, ``iou`` (class -> IoU or None), ``images``, ``seconds_per_image``,
         ``class_names``, ``mode``, ``markdown``. Fractions, not percentages.
     """
-    data = _dataset(dataset, layout, classes, class_table, split)
+    data = _dataset(dataset, layout, classes, class_table, split, storage_options)
     given = _options(options, OvsegConfig, "options")
     model = TextModelSpec(dinotxt, bpe, backbone, head, device, dtype)
     result = evaluate_model(data, model, given, limit, storage_options)

@@ -23,7 +23,7 @@ from dinoseg.cli.options import (
 from dinoseg.cli.prefect_api import report_labelling, run_flow
 from dinoseg_core.config import add_options
 from dinoseg_core.errors import InputError
-from dinoseg_core.ovseg.classes import validate_class_names
+from dinoseg_core.ovseg.classes import require_background
 from dinoseg_core.ovseg.config import HeadOptions, OvsegConfig, OvsegOptions, SegHeadConfig, TrainConfig, TrainOptions
 
 INFERENCE_TITLE = "open-vocabulary inference options"
@@ -32,7 +32,9 @@ INFERENCE_TITLE = "open-vocabulary inference options"
 def add_commands(commands) -> None:
     label = add_command(commands, "label-text", run_label_text,
                         help="segment classes named in text on a collection, into a Zarr archive (flow)")
-    label.add_argument("--classes", required=True, help="comma-separated class names, e.g. 'building,road,water'")
+    label.add_argument("--classes", required=True,
+                       help="comma-separated class names, e.g. 'building,road,water', or @classes.txt (any URL after "
+                       "@): one class per line, '#' comments, 'name: prompt1; prompt2' synonyms")
     add_collection_options(label)
     label.add_argument("--concept-prefix", default="", help="prefix of every class's concept name, e.g. 'text-'")
     _add_text_model_options(label, head=True)
@@ -79,7 +81,8 @@ def _add_dataset_options(parser: argparse.ArgumentParser, split: str) -> None:
     group.add_argument("--layout", choices=["folder", "coco-stuff"], default="folder",
                        help="folder: <root>/images/* + <root>/annotations/*.png (values index --classes); "
                        "coco-stuff: <root>/{images,annotations}/<split>/ with --class-table (default folder)")
-    group.add_argument("--classes", default=None, help="comma-separated names of label values 0, 1, ... (folder)")
+    group.add_argument("--classes", default=None,
+                       help="comma-separated names of label values 0, 1, ... (folder), or @classes.txt (one per line)")
     group.add_argument("--class-table", default=None, help="raw id -> class name table, JSON or text (coco-stuff)")
     group.add_argument("--split", default=split, help=f"coco-stuff split (default {split})")
 
@@ -94,7 +97,9 @@ def _check_dataset(args: argparse.Namespace) -> None:
     require_local(args.dataset, "--dataset")
     require_local(args.class_table, "--class-table")
     if args.classes is not None:
-        validate_class_names(args.classes)
+        from dinoseg_core.io.classfile import read_classes
+
+        read_classes(args.classes)
 
 
 def _positive(value: int | None, flag: str) -> None:
@@ -106,9 +111,13 @@ def run_label_text(args: argparse.Namespace) -> int:
     """Runs the label_with_text Prefect flow: one mask per class and image (zero-shot dino.txt, or a trained
     dinov3.seg head with --head). Up-to-date masks are skipped. Exit code 1 if some images failed (the others are
     written), 2 if nothing could be done (bad class list, unreadable weights...)."""
-    validate_class_names(args.classes)
     run = run_options(args)
     options = config_options(args, OvsegOptions, OvsegConfig())
+    # before any server starts: a bad class file, or one class with nothing to compete with
+    from dinoseg_core.io.classfile import read_classes
+
+    require_background(read_classes(args.classes, run.storage_options).names,
+                       options.model_dump(exclude_none=True) if options is not None else {})
     images = collection_images(args)
     _check_text_model(args)
     summary = run_flow(

@@ -1,14 +1,23 @@
-"""Class lists: validation, and archive-safe names for them."""
+"""Class lists: validation, class files with synonyms, and archive-safe names for them.
+
+A class file (``--classes @classes.txt``) holds one class per line; ``#`` starts a comment, blank lines are
+ignored, and ``name: prompt1; prompt2`` gives the prompts (synonyms) that stand for the class in the text tower:
+its embedding is the mean of the synonyms' template-averaged embeddings
+(:meth:`~dinoseg_core.ovseg.dinotxt.DinoTxt.embed_classes`). The same ``name: prompt1; prompt2`` form is accepted
+in a list of classes.
+"""
 
 from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from dinoseg_core.errors import InputError
 
-__all__ = ["concept_names", "validate_class_names"]
+__all__ = ["ClassList", "concept_names", "parse_class_file", "parse_class_list", "require_background",
+           "validate_class_names"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -69,3 +78,87 @@ def concept_names(class_names: Sequence[str]) -> dict[str, str]:
         used.add(candidate.lower())
         out[name] = candidate
     return out
+
+
+@dataclass(frozen=True)
+class ClassList:
+    """A validated class list.
+
+    Attributes:
+        names: the class names, in label order.
+        synonyms: per class, the prompts that stand for it in the text tower (empty: the name itself).
+    """
+
+    names: tuple[str, ...]
+    synonyms: tuple[tuple[str, ...], ...]
+
+    @property
+    def prompts(self) -> dict[str, tuple[str, ...]]:
+        """Class name -> its synonyms, for the classes that have some."""
+        return {n: s for n, s in zip(self.names, self.synonyms) if s}
+
+
+def _entry(entry: str, where: str) -> tuple[str, tuple[str, ...]]:
+    """``"name"`` or ``"name: prompt1; prompt2"`` -> (name, prompts)."""
+    if ":" not in entry:
+        return entry, ()
+    name, _, rest = entry.partition(":")
+    if not name.strip():
+        raise InputError(f"{where} {entry.strip()!r}: no class name before ':'; write 'name: prompt1; prompt2'")
+    prompts = [" ".join(p.split()) for p in rest.split(";")]
+    if not any(prompts) or not all(prompts):
+        raise InputError(f"{where} {entry.strip()!r}: an empty prompt after ':' (or between ';'); write "
+                         "'name: prompt1; prompt2', or just 'name'")
+    return name, tuple(prompts)
+
+
+def _class_list(entries: list[tuple[str, tuple[str, ...]]]) -> ClassList:
+    names = validate_class_names([name for name, _ in entries])
+    return ClassList(names, tuple(prompts for _, prompts in entries))
+
+
+def parse_class_list(classes: Sequence[str] | str) -> ClassList:
+    """A list of classes (or one comma-separated string), each ``name`` or ``name: prompt1; prompt2``.
+
+    Raises:
+        InputError: as :func:`validate_class_names`, or an entry with an empty name or prompt.
+    """
+    if isinstance(classes, str):
+        classes = classes.split(",")
+    if not isinstance(classes, Sequence):
+        raise InputError(f"class names must be a list of strings, got {type(classes).__name__}")
+    entries = [_entry(c, f"class #{i}") if isinstance(c, str) else (c, ()) for i, c in enumerate(classes)]
+    return _class_list(entries)
+
+
+def parse_class_file(text: str, source: str = "<classes>") -> ClassList:
+    """The classes of a class file's text (see the module docstring).
+
+    Raises:
+        InputError: a bad line (empty name or prompt), named with its line number; no class at all; duplicates.
+    """
+    entries = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        line = line.split("#", 1)[0].strip()
+        if line:
+            entries.append(_entry(line, f"{source}: line {number}"))
+    if not entries:
+        raise InputError(f"{source}: no class in the file; write one class per line ('#' starts a comment)")
+    try:
+        return _class_list(entries)
+    except InputError as exc:
+        raise InputError(f"{source}: {exc}") from None
+
+
+def require_background(names: Sequence[str], options: Mapping[str, object]) -> None:
+    """Refuse a single class without a background option: with nothing to compete with, it wins every pixel.
+
+    Args:
+        names: the class names; options: :class:`~dinoseg_core.ovseg.OvsegConfig` fields given.
+    """
+    if len(names) == 1 and options.get("background_threshold") is None and not options.get("background_prompts"):
+        raise InputError(
+            f"one class ({names[0]!r}) and no background option: the classes compete for every pixel, so a single "
+            "class would cover every image. Add --background-threshold 0.5 (options.background_threshold), or "
+            "--background-prompts grass road (options.background_prompts), or name a second class."
+        )

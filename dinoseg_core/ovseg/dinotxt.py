@@ -228,44 +228,67 @@ class DinoTxt:
         return torch.cat(out)
 
     def embed_classes(self, class_names: Sequence[str] | str, templates: Sequence[str] = DEFAULT_TEMPLATES,
-                      background_prompts: Sequence[str] = ()) -> ClassEmbeddings:
+                      background_prompts: Sequence[str] = (),
+                      synonyms: Mapping[str, Sequence[str]] | None = None) -> ClassEmbeddings:
         """Embed a class list with a prompt ensemble.
 
-        Each (class, template) prompt is encoded; the CLS half and the patch half are L2-normalised separately,
-        averaged over the templates and renormalised (CLIP's ensembling, per half).
+        Each (prompt, template) text is encoded; the CLS half and the patch half are L2-normalised separately,
+        averaged over the templates and renormalised (CLIP's ensembling, per half). A class's prompt is its name,
+        or, for a class in ``synonyms``, each of its synonyms: the class embedding is then the mean of the
+        synonyms' template-averaged embeddings, renormalised (the same ensembling, one level up).
 
         Args:
             class_names: the classes (see :func:`~dinoseg_core.ovseg.classes.validate_class_names`).
             templates: prompt templates with one ``{}`` each.
             background_prompts: extra pseudo-classes appended after the user's (they compete with them and map to
                 background).
+            synonyms: class name -> the prompts that stand for it (``{"road": ["road", "street", "highway"]}``).
 
         Raises:
-            InputError: an invalid class list (duplicates, empty names), or a prompt longer than the context; the
-                message names the class and the template.
+            InputError: an invalid class list (duplicates, empty names), synonyms for an unknown class or empty,
+                or a prompt longer than the context; the message names the class and the template.
         """
         names = validate_class_names(class_names)
         background = tuple(" ".join(p.split()) for p in background_prompts)
         clash = sorted({b.casefold() for b in background} & {n.casefold() for n in names})
         if clash:
             raise InputError(f"background prompts {clash} are also class names; remove them from one of the lists")
+        synonyms = {k: tuple(" ".join(str(p).split()) for p in v) for k, v in (synonyms or {}).items()}
+        unknown = sorted(set(synonyms) - set(names))
+        if unknown:
+            raise InputError(f"synonyms for {unknown}, which are not among the classes {list(names)}")
+        empty = sorted(k for k, v in synonyms.items() if not v or not all(v))
+        if empty:
+            raise InputError(f"classes {empty} have an empty synonym list or an empty synonym; give each a prompt")
         everything = names + background
         templates = tuple(templates)
         if not templates or any(not isinstance(t, str) or t.count("{}") != 1 for t in templates):
             raise InputError(f"templates={templates!r}: give strings with exactly one '{{}}' each")
-        prompts = [t.format(n) for n in everything for t in templates]
-        for prompt, (name, template) in zip(prompts, ((n, t) for n in everything for t in templates)):
+        # (class, synonym) rows: a class without synonyms is its own single synonym.
+        rows = [(i, word) for i, n in enumerate(everything) for word in synonyms.get(n, (n,))]
+        prompts = [t.format(word) for _, word in rows for t in templates]
+        for prompt, (name, template) in zip(prompts, ((everything[i], t) for i, _ in rows for t in templates)):
             length = len(self.tokenizer.encode(prompt)) + 2
             if length > self.arch.text_context:
                 raise InputError(f"class {name!r} with template {template!r} is {length} tokens long; the text tower "
                                  f"reads at most {self.arch.text_context}. Shorten the class name.")
-        feats = self.encode_text(prompts).view(len(everything), len(templates), -1)
+        feats = self.encode_text(prompts).view(len(rows), len(templates), -1)
+        owner = torch.tensor([i for i, _ in rows], device=feats.device)
         d = self.embed_dim
-        cls = F.normalize(F.normalize(feats[..., :d], dim=-1).mean(dim=1), dim=-1)
-        patch = F.normalize(F.normalize(feats[..., d:], dim=-1).mean(dim=1), dim=-1)
-        digest = hashlib.sha256(json.dumps(
-            {"dinotxt": self.fingerprint, "names": list(everything), "background": len(background),
-             "templates": list(templates)}, sort_keys=True).encode()).hexdigest()
+
+        def ensemble(half: torch.Tensor) -> torch.Tensor:
+            per_synonym = F.normalize(F.normalize(half, dim=-1).mean(dim=1), dim=-1)
+            if len(rows) == len(everything):
+                return per_synonym
+            summed = torch.zeros(len(everything), half.shape[-1], dtype=per_synonym.dtype, device=half.device)
+            return F.normalize(summed.index_add_(0, owner, per_synonym), dim=-1)
+
+        cls, patch = ensemble(feats[..., :d]), ensemble(feats[..., d:])
+        described = {"dinotxt": self.fingerprint, "names": list(everything), "background": len(background),
+                     "templates": list(templates)}
+        if synonyms:
+            described["synonyms"] = {k: list(v) for k, v in sorted(synonyms.items())}
+        digest = hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
         return ClassEmbeddings(names=everything, num_background=len(background), cls=cls, patch=patch,
                                templates=templates, digest=digest)
 

@@ -18,7 +18,7 @@ between calls.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,13 +97,16 @@ class TextSegmenter:
         """``"zero-shot"`` or ``"dinov3.seg"``."""
         return "zero-shot" if self.seg_model is None else "dinov3.seg"
 
-    def embed_classes(self, class_names: Sequence[str] | str) -> ClassEmbeddings:
+    def embed_classes(self, class_names: Sequence[str] | str,
+                      synonyms: Mapping[str, Sequence[str]] | None = None) -> ClassEmbeddings:
         """Text embeddings of the classes (and of the config's background prompts); compute once, reuse.
+        ``synonyms``: class name -> prompts that stand for it (the class embedding is their mean).
 
         Raises:
             InputError: duplicate or empty class names, or a prompt longer than the text context.
         """
-        return self.dinotxt.embed_classes(class_names, self.config.templates, self.config.background_prompts)
+        return self.dinotxt.embed_classes(class_names, self.config.templates, self.config.background_prompts,
+                                          synonyms)
 
     def provenance(self, classes: ClassEmbeddings) -> dict[str, Any]:
         """Provenance attributes for :meth:`dinoseg_core.io.archive.MaskArchive.write_mask` (all but ``source_uri``

@@ -15,6 +15,7 @@ from tests.pipeline_data import TINY, write_collection
 def lake(tmp_path_factory):
     root = tmp_path_factory.mktemp("lake")
     write_collection(str(root), tiles=2, size=64)
+    (root / "classes.txt").write_text("# a class file with a bad line\ngrass\nroad:\n")
     return root
 
 
@@ -51,10 +52,16 @@ def test_a_bad_label_argument_is_one_line_before_any_server(lake, change, messag
 @pytest.mark.parametrize("args, message", [
     (["label-text", "--classes", "grass,,road", "--images", "{lake}/tiles/", "--archive", "a.zarr", "--dinotxt",
       "random:tiny"], "is empty"),
-    (["label-text", "--classes", "grass", "--images", "{lake}/tiles/", "--archive", "a.zarr", "--dinotxt",
+    (["label-text", "--classes", "grass,road", "--images", "{lake}/tiles/", "--archive", "a.zarr", "--dinotxt",
       "{lake}/missing.pth"], "--dinotxt '{lake}/missing.pth': no such file"),
-    (["label-text", "--classes", "grass", "--images", "{lake}/tiles/", "--archive", "a.zarr", "--dinotxt",
+    (["label-text", "--classes", "grass,road", "--images", "{lake}/tiles/", "--archive", "a.zarr", "--dinotxt",
       "random:tiny", "--window", "64", "--stride", "128"], "stride=128 is larger than window=64"),
+    (["label-text", "--classes", "grass", "--images", "{lake}/tiles/", "--archive", "a.zarr", "--dinotxt",
+      "random:tiny"], "one class ('grass') and no background option"),
+    (["label-text", "--classes", "@{lake}/classes.txt", "--images", "{lake}/tiles/", "--archive", "a.zarr",
+      "--dinotxt", "random:tiny"], "classes.txt: line 3 'road:': an empty prompt"),
+    (["label-text", "--classes", "@{lake}/missing.txt", "--images", "{lake}/tiles/", "--archive", "a.zarr",
+      "--dinotxt", "random:tiny"], "missing.txt: cannot read it"),
     (["train-ovss", "--dataset", "{lake}", "--classes", "a,b", "--dinotxt", "random:tiny", "--checkpoint", "h.st",
       "--steps", "0"], "--steps 0: must be at least 1"),
     (["train-ovss", "--dataset", "{lake}", "--classes", "a,b", "--dinotxt", "random:tiny", "--checkpoint", "h.st",
