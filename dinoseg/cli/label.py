@@ -93,17 +93,24 @@ def _open_archive(args: argparse.Namespace):
 
 
 def run_preview(args: argparse.Namespace) -> int:
-    """Write OUT/<image key>.png: each archived mask of the concept overlaid on its source image."""
+    """Write OUT/<source stem>.png (``-2``, ``-3``, ... where stems repeat): each archived mask of the concept
+    outlined and filled on its source image in a colour that contrasts with it, above a legend with the concept,
+    the source file name and the mask's area."""
     from dinoseg_core.io import imageio, storage
 
     archive = _open_archive(args)
     keys = [key for _, key in archive.list_masks(args.concept)][: args.limit]
-    for key in keys:
+    records = [archive.mask_record(args.concept, key) for key in keys]
+    for key, name, record in zip(keys, unique_names([r["source_uri"] for r in records]), records):
         stored = archive.load(args.concept, key)
         image = imageio.read_image(stored.record["source_uri"], args.storage_options)
-        imageio.write_image_png(
-            storage.join(args.out, f"{key}.png"), imageio.overlay(image, stored.mask), args.storage_options
-        )
+        color = imageio.contrast_color(image)
+        area = 100.0 * float(stored.mask.mean())
+        source = stored.record["source_uri"].rstrip("/").rsplit("/", 1)[-1]
+        width = max(2, min(stored.mask.shape) // 128)  # an outline that small objects keep
+        panel = imageio.legend(imageio.overlay(image, stored.mask, color, outline_width=width),
+                               [args.concept, source, f"mask {area:.1f}% of pixels"], color)
+        imageio.write_image_png(storage.join(args.out, f"{name}.png"), panel, args.storage_options)
     print(f"wrote {len(keys)} overlay(s) of '{args.concept}' to {args.out}", file=sys.stderr)
     return EXIT_OK
 

@@ -48,10 +48,13 @@ from dinoseg_core.errors import ImageDecodeError, InputError
 
 __all__ = [
     "MAX_IMAGE_PIXELS",
+    "PALETTE",
+    "contrast_color",
     "decode_image",
     "decode_mask",
     "encode_png_mask",
     "encode_png_rgb",
+    "legend",
     "overlay",
     "read_image",
     "read_mask",
@@ -276,11 +279,25 @@ def _erode(mask: np.ndarray) -> np.ndarray:
     return out
 
 
+#: High-contrast overlay colours (RGB in [0, 1]): yellow, cyan, magenta, lime, red, blue. No white or black: they
+#: vanish on bright roofs and shadows.
+PALETTE: tuple[tuple[float, float, float], ...] = (
+    (1.0, 1.0, 0.0), (0.0, 1.0, 1.0), (1.0, 0.0, 1.0), (0.0, 1.0, 0.0), (1.0, 0.0, 0.0), (0.0, 0.0, 1.0),
+)
+
+
+def contrast_color(image: np.ndarray) -> tuple[float, float, float]:
+    """The :data:`PALETTE` colour farthest (Euclidean, RGB) from ``image``'s mean colour, so that a mask drawn on
+    it stands out: cyan on red roofs, magenta on grass. ``image``: ``float (H, W, 3)`` in ``[0, 1]`` or ``uint8``."""
+    mean = _as_rgb_uint8(image).reshape(-1, 3).mean(axis=0) / 255.0
+    return max(PALETTE, key=lambda c: float(np.sum((np.asarray(c) - mean) ** 2)))
+
+
 def overlay(
     image: np.ndarray,
     mask: np.ndarray,
-    color: tuple[float, float, float] = (1.0, 0.0, 0.0),
-    alpha: float = 0.5,
+    color: tuple[float, float, float] | None = None,
+    alpha: float = 0.4,
     outline_width: int | None = None,
 ) -> np.ndarray:
     """Tint ``mask`` on ``image`` for viewing: ``uint8 (H, W, 3)``.
@@ -292,7 +309,7 @@ def overlay(
     Args:
         image: ``float (H, W, 3)`` in ``[0, 1]`` (``uint8`` is accepted too).
         mask: ``bool (H, W)``, same ``H, W`` as ``image``.
-        color: RGB in ``[0, 1]``.
+        color: RGB in ``[0, 1]``; default :func:`contrast_color` of ``image``.
         alpha: fill opacity in ``[0, 1]``.
         outline_width: boundary thickness in pixels; default ``max(1, min(H, W) // 256)``.
     """
@@ -300,7 +317,7 @@ def overlay(
     m = _as_bool_mask(mask)
     if m.shape != rgb.shape[:2]:
         raise InputError(f"mask shape {m.shape} does not match image shape {rgb.shape[:2]}.")
-    col = np.asarray(color, dtype=np.float32)
+    col = np.asarray(contrast_color(rgb) if color is None else color, dtype=np.float32)
     if col.shape != (3,) or not np.all((col >= 0) & (col <= 1)):
         raise InputError(f"color must be 3 floats in [0, 1], got {color!r}.")
     if not 0.0 <= float(alpha) <= 1.0:
@@ -317,3 +334,36 @@ def overlay(
             inner = _erode(inner)
         out[m & ~inner] = col
     return np.round(out * 255.0).astype(np.uint8)
+
+
+def legend(
+    image: np.ndarray, lines: list[str], color: tuple[float, float, float], background: tuple[int, int, int] = (24, 24, 24)
+) -> np.ndarray:
+    """``image`` with a legend strip below it: a swatch of ``color`` and one text line each of ``lines`` (Pillow's
+    default font), on a dark ``background``; ``uint8 (H + strip, max(W, legend width), 3)``. The canvas is widened
+    (on the right, in ``background``) where the text is wider than the image, so no line is cut.
+
+    Args:
+        image: ``uint8 (H, W, 3)`` or float in ``[0, 1]``, e.g. an :func:`overlay`.
+        lines: text, e.g. the concept, the source file name and the mask area.
+        color: the overlay colour, RGB in ``[0, 1]``.
+    """
+    from PIL import ImageDraw, ImageFont
+
+    rgb = _as_rgb_uint8(image)
+    font = ImageFont.load_default()
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    boxes = [draw.textbbox((0, 0), line, font=font) for line in lines]
+    line_height = max([b[3] - b[1] for b in boxes] + [10]) + 4
+    pad, swatch = 6, line_height
+    strip = 2 * pad + line_height * max(1, len(lines))
+    width = max(rgb.shape[1], 3 * pad + swatch + max([b[2] for b in boxes] + [0]))
+    canvas = Image.new("RGB", (width, rgb.shape[0] + strip), background)
+    canvas.paste(Image.fromarray(rgb), (0, 0))
+    pen = ImageDraw.Draw(canvas)
+    top = rgb.shape[0] + pad
+    fill = tuple(int(round(255 * c)) for c in color)
+    pen.rectangle([pad, top, pad + swatch - 1, top + swatch - 1], fill=fill, outline=(255, 255, 255))
+    for index, line in enumerate(lines):
+        pen.text((2 * pad + swatch, top + index * line_height), line, fill=(255, 255, 255), font=font)
+    return np.asarray(canvas)

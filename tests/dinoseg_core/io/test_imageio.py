@@ -372,7 +372,7 @@ def test_overlay_outline_visible_when_alpha_zero_and_at_image_border():
     image = np.zeros((20, 20, 3), np.uint8)
     mask = np.zeros((20, 20), bool)
     mask[:, :5] = True  # touches the image border
-    out = imageio.overlay(image, mask, alpha=0.0)
+    out = imageio.overlay(image, mask, color=(1.0, 0.0, 0.0), alpha=0.0)
     assert np.all(out[:, 0] == [255, 0, 0])
     assert np.all(out[1:-1, 2] == 0)  # interior untouched at alpha 0
     assert np.all(out[0, :5] == [255, 0, 0])  # the image edge closes the outline
@@ -397,3 +397,30 @@ def test_overlay_rejects_bad_arguments(kwargs):
     args = {"image": np.zeros((6, 5, 3), np.float32), "mask": np.zeros((6, 5), bool)} | kwargs
     with pytest.raises(InputError):
         imageio.overlay(**args)
+
+
+def test_contrast_color_is_the_palette_colour_farthest_from_the_mean():
+    red_roofs = np.full((8, 8, 3), (0.7, 0.25, 0.2), np.float32)
+    grass = np.full((8, 8, 3), (0.3, 0.55, 0.2), np.float32)
+    assert imageio.contrast_color(red_roofs) == (0.0, 1.0, 1.0)  # cyan, not red on red
+    assert imageio.contrast_color(grass) == (1.0, 0.0, 1.0)
+    assert imageio.contrast_color(np.ones((4, 4, 3), np.float32)) == (0.0, 1.0, 0.0)  # first of the farthest
+    assert all(c in imageio.PALETTE for c in map(imageio.contrast_color, (red_roofs, grass)))
+
+
+def test_overlay_defaults_to_the_contrast_colour():
+    image = np.full((20, 20, 3), (0.7, 0.25, 0.2), np.float32)
+    mask = np.zeros((20, 20), bool)
+    mask[5:15, 5:15] = True
+    out = imageio.overlay(image, mask)
+    np.testing.assert_array_equal(out[5, 10], [0, 255, 255])
+
+
+def test_legend_adds_a_strip_with_a_swatch_and_text_and_widens_for_long_lines():
+    image = np.zeros((32, 40, 3), np.uint8)
+    out = imageio.legend(image, ["roof", "a_rather_long_file_name.png", "mask 12.5% of pixels"], (1.0, 1.0, 0.0))
+    assert out.shape[0] > 32 + 30 and out.shape[1] > 40
+    np.testing.assert_array_equal(out[:32, :40], image)  # the image is unchanged above the strip
+    strip = out[32:]
+    assert np.all(strip == [255, 255, 0], axis=2).any()  # the swatch
+    assert (strip == 255).all(axis=2).sum() > 50  # white text
