@@ -192,6 +192,7 @@ def train_ovss(
     head: HeadOptions | None = None,
     resume: bool = True,
     log_every: int = Field(default=50, ge=1),
+    allow_changes: bool = False,
 ):
     """Train the dinov3.seg head on a labelled dataset; the backbone, the dino.txt vision head and the text tower
     stay frozen.
@@ -210,6 +211,8 @@ def train_ovss(
         train: :class:`~dinoseg_core.ovseg.TrainConfig` fields; head: :class:`~dinoseg_core.ovseg.SegHeadConfig`
             fields (``feature_dim`` follows the towers).
         log_every: steps per point of the loss curve (and per progress update).
+        allow_changes: resume even where the training settings (``train`` but ``checkpoint_every``, classes,
+            dataset) differ from the checkpoint's; without it such a resume is refused, naming each setting.
 
     Returns:
         A dict: ``checkpoint``, ``steps``, ``resumed_from``, ``loss_curve`` ([{step, loss, min, max}]),
@@ -220,7 +223,8 @@ def train_ovss(
     train_given = _options(train, TrainConfig, "train")
     head_given = _options(head, SegHeadConfig, "head")
     model = TextModelSpec(dinotxt, bpe, backbone, None, device, dtype)
-    result = train_head(data, model, checkpoint, steps, train_given, head_given, resume, log_every, storage_options)
+    result = train_head(data, model, checkpoint, steps, train_given, head_given, resume, log_every, storage_options,
+                        allow_changes)
     curve = result["loss_curve"]
     create_table_artifact(curve, description=f"train_ovss loss curve (mean loss every {log_every} steps)")
     create_markdown_artifact(

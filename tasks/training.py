@@ -35,9 +35,10 @@ DatasetLayout = Literal["folder", "coco-stuff"]
 class DatasetSpec:
     """A labelled dataset on storage (:class:`~dinoseg_core.ovseg.SegDataset`).
 
-    ``folder``: ``<root>/images/<stem>.*`` + ``<root>/annotations/<stem>.png`` whose values index ``classes``;
-    ``coco-stuff``: ``<root>/images/<split>/*.jpg`` + ``<root>/annotations/<split>/*.png`` with raw ids mapped by
-    ``class_table`` (a URL: JSON ``{id: name}`` or ``id name`` lines).
+    ``folder``: ``<root>/images/<stem>.*`` + ``<root>/annotations/<stem>.png`` whose values index ``classes``, or
+    raw ids mapped by ``class_table``; ``coco-stuff``: ``<root>/images/<split>/*.jpg`` +
+    ``<root>/annotations/<split>/*.png`` with raw ids mapped by ``class_table`` (a URL: JSON ``{id: name}`` or
+    ``id name`` lines).
     """
 
     root: str
@@ -49,20 +50,35 @@ class DatasetSpec:
     def __post_init__(self) -> None:
         if self.layout not in ("folder", "coco-stuff"):
             raise InputError(f"layout={self.layout!r}: use 'folder' or 'coco-stuff'")
-        if self.layout == "folder" and not self.classes:
+        if self.layout == "folder" and not self.classes and not self.class_table:
             raise InputError("the folder layout needs classes: the names of label values 0, 1, 2, ... in order, "
-                             "e.g. classes=['grass', 'building', 'road']")
+                             "e.g. classes=['grass', 'building', 'road']; or class_table, the URL of a table "
+                             "mapping raw label ids to class names")
+        if self.layout == "folder" and self.classes and self.class_table:
+            raise InputError("the folder layout takes classes or class_table, not both: classes name label values "
+                             "0, 1, ... in order, a class table maps raw ids to names")
         if self.layout == "coco-stuff" and not self.class_table:
             raise InputError("the coco-stuff layout needs class_table: the URL of a table mapping raw label ids to "
                              "class names (JSON {\"0\": \"person\", ...} or one 'id name' per line)")
         if self.classes is not None:
             object.__setattr__(self, "classes", validate_class_names(self.classes))
 
+    def settings(self) -> dict[str, Any]:
+        """What a checkpoint records of the dataset (compared when a run resumes)."""
+        out: dict[str, Any] = {"root": storage.display_url(self.root), "layout": self.layout}
+        if self.class_table is not None:
+            out["class_table"] = storage.display_url(self.class_table)
+        if self.layout == "coco-stuff":
+            out["split"] = self.split
+        return out
+
     def open(self, storage_options: dict[str, Any] | None = None) -> SegDataset:
         if self.layout == "coco-stuff":
             assert self.class_table is not None
             return SegDataset.coco_stuff(self.root, self.class_table, split=self.split,
                                          storage_options=storage_options)
+        if self.class_table is not None:
+            return SegDataset.from_folder(self.root, class_table=self.class_table, storage_options=storage_options)
         assert self.classes is not None
         return SegDataset.from_folder(self.root, list(self.classes), storage_options=storage_options)
 
@@ -70,10 +86,11 @@ class DatasetSpec:
 @task(name="train-head", cache_policy=NO_CACHE, **STORAGE_RETRIES)
 def train_head(data: DatasetSpec, model: TextModelSpec, checkpoint: str, steps: int, train_options: dict[str, Any],
                head_options: dict[str, Any], resume: bool = True, log_every: int = 50,
-               storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+               storage_options: dict[str, Any] | None = None, allow_changes: bool = False) -> dict[str, Any]:
     """Train the dinov3.seg head (backbone, vision head and text tower frozen) for ``steps`` steps in total,
-    checkpointing to ``checkpoint`` (safetensors); with ``resume`` an existing checkpoint there is continued. A
-    retry after a transient storage error resumes from the last checkpoint.
+    checkpointing to ``checkpoint`` (safetensors); with ``resume`` an existing checkpoint there is continued,
+    refused if its settings (training config, classes, dataset) differ unless ``allow_changes``. A retry after a
+    transient storage error resumes from the last checkpoint.
 
     Returns a small summary: steps, where it resumed, the loss curve (mean loss every ``log_every`` steps), the
     checkpoint URL and timings.
@@ -81,8 +98,9 @@ def train_head(data: DatasetSpec, model: TextModelSpec, checkpoint: str, steps: 
     logger = get_run_logger()
     so = storage_options
     config = TrainConfig.from_dict(dict(train_options))
-    dinotxt = text_model(model, so)
     dataset = data.open(so)
+    dataset.check_labels()  # every annotation's ids, before the model loads and step 1 runs
+    dinotxt = text_model(model, so)
     head_config = SegHeadConfig.from_dict({**head_options, "feature_dim": dinotxt.embed_dim})
     with torch.random.fork_rng(devices=[]):  # a seeded head, the caller's RNG left alone
         torch.manual_seed(config.seed)
@@ -105,7 +123,8 @@ def train_head(data: DatasetSpec, model: TextModelSpec, checkpoint: str, steps: 
             window.clear()
 
     result = train(seg_model, dataset, steps, config=config, checkpoint=HeadCheckpoint(checkpoint, so),
-                   resume=resume, on_step=on_step)
+                   resume=resume, on_step=on_step, settings={"dataset": data.settings()},
+                   allow_changes=allow_changes)
     curve = loss_curve(result.losses, log_every)
     new_steps = result.step - result.resumed_from
     return {

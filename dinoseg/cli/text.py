@@ -47,6 +47,9 @@ def add_commands(commands) -> None:
     train.add_argument("--checkpoint", required=True, help="head checkpoint to write (.safetensors), path or URL")
     train.add_argument("--steps", type=int, required=True, help="total optimiser steps")
     train.add_argument("--no-resume", dest="resume", action="store_false", help="start over, ignoring a checkpoint")
+    train.add_argument("--allow-changes", action="store_true",
+                       help="resume even where the training settings, classes or dataset differ from the "
+                       "checkpoint's (refused otherwise, naming them)")
     train.add_argument("--log-every", type=int, default=50, help="steps per point of the loss curve (default 50)")
     _add_text_model_options(train, head=False)
     add_run_options(train, only=DEVICE_OPTIONS)
@@ -83,7 +86,9 @@ def _add_dataset_options(parser: argparse.ArgumentParser, split: str) -> None:
                        "coco-stuff: <root>/{images,annotations}/<split>/ with --class-table (default folder)")
     group.add_argument("--classes", default=None,
                        help="comma-separated names of label values 0, 1, ... (folder), or @classes.txt (one per line)")
-    group.add_argument("--class-table", default=None, help="raw id -> class name table, JSON or text (coco-stuff)")
+    group.add_argument("--class-table", default=None,
+                       help="raw id -> class name table, JSON or 'id name' lines (coco-stuff; or the folder layout "
+                       "instead of --classes, when annotations hold raw ids)")
     group.add_argument("--split", default=split, help=f"coco-stuff split (default {split})")
 
 
@@ -143,7 +148,7 @@ def run_train_ovss(args: argparse.Namespace) -> int:
         "flows.text", "train_ovss", dataset=args.dataset, dinotxt=args.dinotxt, checkpoint=args.checkpoint,
         steps=args.steps, classes=args.classes, class_table=args.class_table, layout=args.layout, split=args.split,
         bpe=args.bpe, backbone=args.backbone, **device.model_dump(include=set(DEVICE_OPTIONS)), train=train,
-        head=head, resume=args.resume, log_every=args.log_every,
+        head=head, resume=args.resume, log_every=args.log_every, allow_changes=args.allow_changes,
     )
     print(f"trained {result['steps']} steps (resumed from {result['resumed_from']}): loss {result['first_loss']} -> "
           f"{result['final_loss']}, {result['seconds_per_step']:.3f} s per step; checkpoint: {args.checkpoint}",

@@ -7,11 +7,15 @@ Storage adapter: it decodes files into arrays and knows nothing of the model. An
 Layouts:
 
 - :meth:`SegDataset.from_folder`: ``<root>/images/<stem>.<jpg|png|...>`` and ``<root>/annotations/<stem>.png``
-  whose pixel values are class indices (255 = ignore), plus the class list;
+  whose pixel values are class indices (255 = ignore), plus the class list; or, with a class table as for
+  COCO-Stuff, raw ids mapped to classes;
 - :meth:`SegDataset.coco_stuff`: COCO-Stuff-164k, ``<root>/images/<split>/*.jpg`` and
   ``<root>/annotations/<split>/*.png`` (the ``stuffthingmaps`` PNGs: raw stuff/thing ids, 255 unlabelled),
   with a class table mapping raw ids to names (e.g. the 171 used ids of COCO-Stuff; ids not in the table are
   ignored). Class indices follow the table's ids in increasing order.
+
+:meth:`SegDataset.check_labels` reads every label map (in parallel) and names each file with ids that are not
+classes, so that a bad annotation fails before the first training step, not in the middle of a run.
 
 Label PNGs are read as their raw values: palette images give the palette index, greyscale the grey level;
 colour-coded RGB label images are refused (convert them to indexed PNGs first).
@@ -23,6 +27,7 @@ import io
 import json
 import os
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -88,6 +93,11 @@ def read_class_table(url: str | os.PathLike[str], storage_options: dict[str, Any
         raise InputError(f"{shown}: expected {{id: name}} or [[id, name], ...] JSON ({exc})") from exc
 
 
+_TABLE_HINT = ("If the annotations hold raw ids, give a class table mapping raw id -> class name "
+               "(--class-table table.txt with one 'id name' per line, or JSON {\"id\": \"name\"}; any layout, the "
+               "folder one included), or name as many classes as the ids need (--classes), or fix the annotations.")
+
+
 class SegDataset:
     """Images and label maps at URLs, with a class list and an optional raw-value -> class-index map.
 
@@ -146,16 +156,61 @@ class SegDataset:
             bad = (label >= len(self.class_names)) & (label != self.ignore_index)
             if bad.any():
                 raise InputError(f"{shown}: label values {sorted(np.unique(label[bad]).tolist())[:5]} are not class "
-                                 f"indices 0..{len(self.class_names) - 1} or {self.ignore_index} (ignore); pass a "
-                                 "label_map or a class table")
+                                 f"indices 0..{len(self.class_names) - 1} or {self.ignore_index} (ignore); "
+                                 f"{_TABLE_HINT}")
         return image, label.astype(np.int64)
 
+    def _unexpected(self, index: int) -> list[int]:
+        url = self.label_urls[index]
+        raw = decode_label_map(storage.read_bytes(url, self.storage_options), storage.display_url(url))
+        values = np.unique(raw)
+        return [int(v) for v in values if v >= len(self.class_names) and v != self.ignore_index]
+
+    def check_labels(self, workers: int = 8, progress: bool | None = None) -> None:
+        """Read every label map and refuse the dataset if any holds a value that is not a class index or the
+        ignore value (with a class table, unmapped ids are ignored by design and nothing is checked).
+
+        Args:
+            workers: label maps read at once (threads; the reads are I/O).
+            progress: a progress bar on stderr; None: only on a terminal (tqdm's ``disable=None``).
+
+        Raises:
+            InputError: naming every file with unexpected ids (the first 10 files) and the ids, and how to fix it.
+        """
+        if self._lut is not None:
+            return
+        from tqdm.auto import tqdm
+
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            found = list(tqdm(pool.map(self._unexpected, range(len(self))), total=len(self), unit="label map",
+                              desc="checking label ids", disable=None if progress is None else not progress))
+        bad = [(self.label_urls[i], ids) for i, ids in enumerate(found) if ids]
+        if not bad:
+            return
+        every = sorted({v for _, ids in bad for v in ids})
+        listed = "; ".join(f"{storage.display_url(url)}: {ids[:10]}" for url, ids in bad[:10])
+        more = f"; and {len(bad) - 10} more file(s)" if len(bad) > 10 else ""
+        raise InputError(
+            f"{len(bad)} of {len(self)} annotation(s) hold label ids that are not class indices "
+            f"0..{len(self.class_names) - 1} ({len(self.class_names)} classes) or {self.ignore_index} (ignore): "
+            f"{listed}{more}. Unexpected ids: {every[:20]}. {_TABLE_HINT}"
+        )
+
     @classmethod
-    def from_folder(cls, root: str, class_names: Sequence[str] | str, *, images: str = "images",
+    def from_folder(cls, root: str, class_names: Sequence[str] | str | None = None, *, images: str = "images",
                     labels: str = "annotations", label_suffix: str = ".png", ignore_index: int = 255,
+                    class_table: Mapping[int, str] | str | None = None,
                     storage_options: dict[str, Any] | None = None) -> SegDataset:
-        """Pair ``<root>/<images>/<stem>.*`` with ``<root>/<labels>/<stem><label_suffix>`` (label values are class
-        indices). An image without a label map is an error naming it."""
+        """Pair ``<root>/<images>/<stem>.*`` with ``<root>/<labels>/<stem><label_suffix>``. Label values are class
+        indices of ``class_names``; or, with ``class_table`` (raw id -> name, or its URL, as for COCO-Stuff),
+        raw ids mapped to the table's classes in increasing id order (ids not in it are ignored). An image without
+        a label map is an error naming it."""
+        if (class_names is None) == (class_table is None):
+            raise InputError("the folder layout needs either class names (label values 0, 1, ... in order) or a "
+                             "class table (raw id -> class name), not both")
+        label_map = None
+        if class_table is not None:
+            class_names, label_map = _table_classes(class_table, ignore_index, storage_options)
         image_urls = [u for u in storage.glob(storage.join(root, images, "*"), storage_options)
                       if u.lower().endswith(IMAGE_SUFFIXES)]
         label_dir = storage.join(root, labels)
@@ -165,7 +220,7 @@ class SegDataset:
         if missing:
             raise InputError(f"{len(missing)} image(s) have no label map in {storage.display_url(label_dir)}, e.g. "
                              f"{[storage.display_url(u) for u in missing[:3]]}; expected <stem>{label_suffix} each")
-        return cls(image_urls, [found[storage.stem(u)] for u in image_urls], class_names,
+        return cls(image_urls, [found[storage.stem(u)] for u in image_urls], class_names, label_map=label_map,
                    ignore_index=ignore_index, storage_options=storage_options)
 
     @classmethod
@@ -173,14 +228,7 @@ class SegDataset:
                    ignore_index: int = 255, storage_options: dict[str, Any] | None = None) -> SegDataset:
         """COCO-Stuff layout (see the module docstring). ``class_table``: raw id -> name, or the URL of such a
         table (:func:`read_class_table`)."""
-        if isinstance(class_table, (str, os.PathLike)):
-            class_table = read_class_table(class_table, storage_options)
-        if not class_table:
-            raise InputError("the COCO-Stuff class table is empty; map each raw label id to a class name")
-        ids = sorted(class_table)
-        if ignore_index in class_table:
-            raise InputError(f"the class table maps the ignore value {ignore_index} to {class_table[ignore_index]!r}")
-        names = [class_table[i] for i in ids]
+        names, label_map = _table_classes(class_table, ignore_index, storage_options)
         image_urls = [u for u in storage.glob(storage.join(root, "images", split, "*"), storage_options)
                       if u.lower().endswith(IMAGE_SUFFIXES)]
         label_dir = storage.join(root, "annotations", split)
@@ -190,8 +238,21 @@ class SegDataset:
             raise InputError(f"{len(missing)} COCO-Stuff image(s) have no annotation in "
                              f"{storage.display_url(label_dir)}, e.g. {[storage.display_url(u) for u in missing[:3]]}")
         return cls(image_urls, [found[storage.stem(u)] for u in image_urls], names,
-                   label_map={raw: i for i, raw in enumerate(ids)}, ignore_index=ignore_index,
+                   label_map=label_map, ignore_index=ignore_index,
                    storage_options=storage_options)
+
+
+def _table_classes(class_table: Mapping[int, str] | str | os.PathLike[str], ignore_index: int,
+                   storage_options: dict[str, Any] | None) -> tuple[list[str], dict[int, int]]:
+    """(class names in increasing raw id order, raw id -> class index) of a class table or its URL."""
+    if isinstance(class_table, (str, os.PathLike)):
+        class_table = read_class_table(class_table, storage_options)
+    if not class_table:
+        raise InputError("the class table is empty; map each raw label id to a class name")
+    ids = sorted(class_table)
+    if ignore_index in class_table:
+        raise InputError(f"the class table maps the ignore value {ignore_index} to {class_table[ignore_index]!r}")
+    return [class_table[i] for i in ids], {raw: i for i, raw in enumerate(ids)}
 
 
 class ArraySegDataset:

@@ -114,6 +114,43 @@ def loss_curve(losses: list[float], every: int) -> list[dict[str, float]]:
     return curve
 
 
+#: TrainConfig fields that change when checkpoints are written, not what is learnt: not compared on resume.
+_NOT_COMPARED = ("checkpoint_every",)
+
+
+def _run_settings(class_names: list[str], config: TrainConfig, settings: dict[str, Any] | None) -> dict[str, Any]:
+    """What a resumed run must share with the checkpoint (stored in its metadata)."""
+    return {"class_names": class_names, "train_config": config.to_dict(), **(settings or {})}
+
+
+def _differences(old: Any, new: Any, prefix: str) -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new), key=str):
+            out += _differences(old.get(key), new.get(key), f"{prefix}{key}.")
+        return out
+    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} in the checkpoint, {new!r} now"]
+
+
+def changed_settings(meta: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """The settings of ``now`` that differ from a checkpoint's ``meta``, as ``"name: old in the checkpoint, new
+    now"``; a setting the checkpoint does not record (an older checkpoint) is not compared."""
+    out = []
+    for key, value in now.items():
+        if key not in meta:
+            continue
+        old = meta[key]
+        if key == "train_config":
+            old = {k: v for k, v in old.items() if k not in _NOT_COMPARED}
+            value = {k: v for k, v in value.items() if k not in _NOT_COMPARED}
+            out += _differences(old, value, "")
+        elif key == "class_names":
+            out += [] if old == value else [f"classes: {old!r} in the checkpoint, {value!r} now"]
+        else:
+            out += _differences(old, value, f"{key}.")
+    return out
+
+
 def _lr(config: TrainConfig, step: int, steps: int) -> float:
     if config.schedule == "constant" or steps <= 1:
         return config.lr
@@ -129,6 +166,8 @@ def train(
     checkpoint: CheckpointStore | None = None,
     resume: bool = True,
     on_step: Callable[[int, float], None] | None = None,
+    settings: dict[str, Any] | None = None,
+    allow_changes: bool = False,
 ) -> TrainResult:
     """Train ``model.head`` for ``steps`` optimiser steps in total.
 
@@ -141,10 +180,14 @@ def train(
         checkpoint: where the checkpoint is written every ``config.checkpoint_every`` steps and at the end; with
             ``resume``, one saved there before is loaded first.
         on_step: called with (step, loss) after every step (after that step's checkpoint, if any).
+        settings: more of what the run depends on, stored in the checkpoint and compared on resume like the
+            config (JSON values, e.g. ``{"dataset": {"root": ..., "layout": ...}}``).
+        allow_changes: resume even where the config (all but ``checkpoint_every``), the class list or
+            ``settings`` differ from the checkpoint's; the run is then no longer the uninterrupted one.
 
     Raises:
-        CheckpointError: the checkpoint to resume from was made for another head architecture, class list or
-            dino.txt.
+        CheckpointError: the checkpoint to resume from was made for another head architecture or dino.txt; or
+            (without ``allow_changes``) with other training settings, each named with both values.
         InputError: ``steps`` < 0 or a crop that is not a multiple of the patch size.
     """
     config = config or TrainConfig()
@@ -168,12 +211,19 @@ def train(
         if meta.get("dinotxt_fingerprint") != model.dinotxt.fingerprint:
             problems.append("another dino.txt")
         if meta.get("head_config") != head.config.to_dict():
-            problems.append(f"another head architecture ({meta.get('head_config')})")
-        if meta.get("class_names") != class_names:
-            problems.append("another class list")
+            problems.append("another head architecture ("
+                            + ", ".join(_differences(meta.get("head_config") or {}, head.config.to_dict(), "head."))
+                            + ")")
         if problems:
             raise CheckpointError(f"{shown}: cannot resume: the checkpoint was made for {', '.join(problems)}. Use "
                                   "another checkpoint URL or resume=False to start over.")
+        changed = changed_settings(meta, _run_settings(class_names, config, settings))
+        if changed and not allow_changes:
+            raise CheckpointError(
+                f"{shown}: cannot resume: these settings differ from the checkpoint's: {'; '.join(changed)}. "
+                "Resuming is exact only with the same settings: run again with the checkpoint's values, or "
+                "allow_changes=True (--allow-changes) to continue with the new ones, or resume=False "
+                "(--no-resume) or another checkpoint URL to start over.")
         head.load_state_dict(head_from_checkpoint(tensors, meta, shown).state_dict())
         if "optim_param_groups" in meta:
             state: dict[int, dict[str, torch.Tensor]] = {}
@@ -193,7 +243,7 @@ def train(
         assert checkpoint is not None
         checkpoint.write(*checkpoint_state(
             head, dinotxt_fingerprint=model.dinotxt.fingerprint, optimizer=optimizer, step=step, losses=losses,
-            metadata={"class_names": class_names, "train_config": config.to_dict(), "dinotxt_spec": model.dinotxt.spec},
+            metadata={**_run_settings(class_names, config, settings), "dinotxt_spec": model.dinotxt.spec},
         ))
         return checkpoint.name
 
