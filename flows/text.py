@@ -35,10 +35,10 @@ from dinoseg_core.ovseg import (
     SegHeadConfig,
     TrainConfig,
 )
+from dinoseg_core.ovseg.classes import ClassList, require_background
 from dinoseg_core.ovseg.config import HeadOptions, OvsegOptions, TrainOptions
 from flows.engine import RESULT_SERIALIZER, label
 from tasks.options import RunOptions
-from dinoseg_core.ovseg.classes import ClassList, require_background
 from tasks.text import ClassSet, TextModelSpec, prepare_classes
 from tasks.training import DatasetLayout, DatasetSpec, evaluate_model, train_head
 

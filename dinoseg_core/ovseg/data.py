@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from dinoseg_core.io import storage
 from dinoseg_core.errors import ImageDecodeError, InputError
+from dinoseg_core.io import storage
 from dinoseg_core.io.imageio import read_image
 from dinoseg_core.ovseg.classes import validate_class_names
 

@@ -69,6 +69,5 @@ def test_a_resume_with_the_same_settings_continues_and_allow_changes_overrides(d
 
 def test_another_class_list_is_a_change_and_older_checkpoints_compare_what_they_record():
     meta = {"class_names": ["a", "b"], "train_config": {"lr": 0.001, "checkpoint_every": 2}}
-    assert changed_settings(meta, {"class_names": ["a", "c"], "train_config": {"lr": 0.001, "checkpoint_every": 9},
-                                   "dataset": {"root": "x"}}) == ["classes: ['a', 'b'] in the checkpoint, "
-                                                                  "['a', 'c'] now"]
+    now = {"class_names": ["a", "c"], "train_config": {"lr": 0.001, "checkpoint_every": 9}, "dataset": {"root": "x"}}
+    assert changed_settings(meta, now) == ["classes: ['a', 'b'] in the checkpoint, ['a', 'c'] now"]

@@ -52,8 +52,8 @@ def test_a_bad_annotation_fails_before_any_training_step(tmp_path):
 def test_a_resume_with_other_settings_is_refused_unless_allowed(tmp_path, capsys):
     data = write_dataset(str(tmp_path / "data"), n=2)
     checkpoint = str(tmp_path / "head.safetensors")
-    common = dict(dataset=data, dinotxt=TINY, checkpoint=checkpoint, classes=list(SHAPE_CLASSES), device="cpu",
-                  head=HEAD, return_state=True)
+    common = {"dataset": data, "dinotxt": TINY, "checkpoint": checkpoint, "classes": list(SHAPE_CLASSES),
+              "device": "cpu", "head": HEAD, "return_state": True}
     assert train_ovss(steps=2, train=TRAIN, **common).is_completed()
     refused = train_ovss(steps=4, train={**TRAIN, "lr": 3e-3, "batch_size": 1}, **common)
     assert refused.is_failed()
