@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import rasterio
 
+from dinoseg.cli import main as cli
 from dinoseg_core.geo.synthetic import write_synthetic_geotiff
 from dinoseg_core.io.archive import MaskArchive
-from dinoseg.cli import main as cli
 from tests.pipeline_data import write_collection
 
 # a random ViT-S: colour regions separate well enough to score roofs against the exact ground truth
