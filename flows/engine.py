@@ -34,10 +34,9 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from tqdm import tqdm
 
 from dinoseg_core.errors import InputError
-from dinoseg_core.io.archive import MaskArchive
 from tasks.labelling import ImageOutcome, LabelJob, Labeller, label_batch
 from tasks.options import RunOptions, run_options
-from tasks.reporting import write_run_log
+from tasks.reporting import open_archive, write_run_log
 from tasks.runtime import thread_budget
 from tasks.sources import WorkItem, input_prefix, list_images
 
@@ -68,9 +67,10 @@ def label(
     if run.concurrency_limit is not None:
         _check_concurrency_limit(run.concurrency_limit)
     so = run.storage_options
-    MaskArchive.open(archive, so, mode="a")  # fail fast on a foreign or unreadable archive
+    open_archive(archive, so, create=False)  # a foreign or unreadable archive fails before any work
     items = list_images(images, so)
     labeller = prepare(run)
+    open_archive(archive, so, create=True)  # created only now: an invalid run leaves no empty archive behind
     job = LabelJob(archive, input_prefix(images, items), run)
     jobs = [({"items": batch, "labeller": labeller, "job": job}, [item.url for item in batch])
             for batch in batches(items, run.batch_size, labeller.scenes)]

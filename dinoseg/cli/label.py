@@ -1,5 +1,6 @@
 """Commands over a Zarr mask archive: ``label`` (the ``label_collection`` flow: a reference manifest on a
-collection of tiles and GeoTIFF/COG scenes), ``preview`` (overlay PNGs) and ``export`` (polygons)."""
+collection of tiles and GeoTIFF/COG scenes), ``preview`` (overlay PNGs), ``export`` (polygons, COGs) and
+``vacuum`` (unpublished versions left by crashed writers)."""
 
 from __future__ import annotations
 
@@ -53,6 +54,24 @@ def add_commands(commands) -> None:
     export.add_argument("--to-crs", default=None, help="reproject, e.g. EPSG:4326 (default: the source CRS)")
 
 
+    vacuum = add_command(commands, "vacuum", run_vacuum,
+                         help="delete unpublished mask versions left by crashed writers (never a published one)")
+    vacuum.add_argument("--archive", required=True, help="Zarr mask archive, path or URL")
+    vacuum.add_argument("--older-than-hours", type=_positive_hours, default=24.0,
+                        help="grace period: younger versions may belong to a run still writing (default: 24)")
+    add_run_options(vacuum, only=("storage_options",))
+
+
+def _positive_hours(text: str) -> float:
+    try:
+        hours = float(text)
+    except ValueError:
+        hours = -1.0
+    if not hours > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of hours above 0, e.g. 24")
+    return hours
+
+
 def _add_archive_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--archive", required=True, help="Zarr mask archive, path or URL")
     parser.add_argument("--concept", required=True, help="concept name")
@@ -90,6 +109,20 @@ def _open_archive(args: argparse.Namespace):
 
     require_local(args.archive, "--archive")
     return MaskArchive.open(args.archive, args.storage_options, mode="r")
+
+
+def run_vacuum(args: argparse.Namespace) -> int:
+    """Delete the mask versions that no record points at (a writer crashed between writing and publishing them)
+    and that are older than the grace period, so that a run still writing elsewhere is never disturbed. Published
+    masks are never touched. The vacuum_archive flow does the same on a schedule (prefect.yaml)."""
+    from dinoseg_core.io.archive import MaskArchive
+
+    require_local(args.archive, "--archive")
+    archive = MaskArchive.open(args.archive, args.storage_options, mode="r+")
+    removed = archive.vacuum(args.older_than_hours * 3600.0)
+    print(f"removed {removed} unpublished version(s) older than {args.older_than_hours:g} h from {args.archive}",
+          file=sys.stderr)
+    return EXIT_OK
 
 
 def run_preview(args: argparse.Namespace) -> int:

@@ -18,6 +18,7 @@ PREFECT_FILES = [REPO / "prefect.yaml", *sorted((REPO / "deployments").glob("*.y
 REQUIRED = {
     "label-collection": {"references": "refs.yaml", "images": "tiles/*.png", "archive": "masks.zarr"},
     "segment-images": {"references": "refs.yaml", "images": ["tile.png"], "archive": "masks.zarr"},
+    "vacuum-archive": {"archive": "masks.zarr"},
 }
 
 
@@ -43,11 +44,11 @@ def test_deployment_is_valid_for_its_flow(spec, deployment):
     assert "DINOSEG_CHECKOUT" in deployment["work_pool"]["job_variables"]["env"]
 
 
-def test_the_default_file_has_the_three_deployments():
+def test_the_default_file_has_the_labelling_and_housekeeping_deployments():
     spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
     names = {(d["entrypoint"].rsplit(":", 1)[1], d["name"]) for d in spec["deployments"]}
     assert names == {("label_collection", "nightly"), ("label_collection", "on-demand"),
-                     ("segment_images", "on-demand")}
+                     ("segment_images", "on-demand"), ("vacuum_archive", "weekly")}
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "deployments" / "params").glob("*.json")), ids=lambda p: p.name)

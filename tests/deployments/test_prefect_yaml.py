@@ -150,7 +150,7 @@ def test_deploy_run_and_fail_through_a_worker(prefect_server, s3_server, tmp_pat
         for proc in variants:
             commands.wait(proc)
         deployed = deployments_by_name(api)
-        assert {"label-collection/nightly", "label-collection/on-demand", "segment-images/on-demand",
+        assert {"label-collection/nightly", "label-collection/on-demand", "segment-images/on-demand", "vacuum-archive/weekly",
                 "label-collection/buildings-sat", "label-collection/gpu-nightly",
                 "label-collection/dask"} <= set(deployed)
         nightly = deployed["label-collection/nightly"]

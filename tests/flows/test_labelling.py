@@ -58,6 +58,10 @@ def test_bad_parameters_and_manifests_are_named(tmp_path):
     storage.write_bytes(f"{root}/broken.yaml", b"concepts:\n  roof:\n    references:\n      - {image: a.png}\n")
     bad = run(references=f"{root}/broken.yaml", images=f"{root}/tiles/*.png", archive=str(tmp_path / "b.zarr"))
     assert bad.is_failed() and "concepts.roof.references[0].mask" in str(bad.result(raise_on_failure=False))
+    empty = run(references=f"{root}/refs.yaml", images=f"{root}/nothing/*.png", archive=str(tmp_path / "c.zarr"))
+    assert empty.is_failed() and "matches no object" in str(empty.result(raise_on_failure=False))
+    # validated first, created later: the invalid runs left no empty archive behind
+    assert not any((tmp_path / name).exists() for name in ("a.zarr", "b.zarr", "c.zarr"))
 
 
 def test_segment_images_takes_an_explicit_list(tmp_path):
