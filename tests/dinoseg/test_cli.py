@@ -144,6 +144,6 @@ print(sorted(m for m in %r if m in sys.modules))
     result = python(code)
     assert result.returncode == 0, result.stderr
     names, imported = result.stdout.splitlines()
-    assert names == str(sorted(["segment", "basis", "correspond", "label", "preview", "export", "label-text",
-                                "train-ovss", "eval-ovss"]))
+    assert names == str(sorted(["segment", "basis", "correspond", "label", "preview", "export", "vacuum",
+                                "label-text", "train-ovss", "eval-ovss"]))
     assert imported == "[]"
