@@ -24,6 +24,8 @@ import regex
 import torch
 import torch.nn.functional as F
 
+from dinoseg_core.ovseg.config import SegHeadConfig
+
 # ----------------------------------------------------------------------------------------------------------------
 # BPE vocabulary
 # ----------------------------------------------------------------------------------------------------------------
@@ -288,3 +290,38 @@ def shapes_dataset(n: int, size: int = 128, seed: int = 0):
 
     items = [shapes_image(seed * 10_000 + i, size) for i in range(n)]
     return ArraySegDataset([im for im, _ in items], [lab for _, lab in items], SHAPE_CLASSES)
+
+
+def write_shapes_folder(root: str, n: int, size: int = 64, seed: int = 0,
+                        bad: dict[int, list[int]] | None = None) -> str:
+    """A folder-layout dataset of :func:`shapes_image` scenes (``root/images``, ``root/annotations``); ``bad``:
+    image index -> raw label ids painted into the first row of its annotation."""
+    import io
+
+    from PIL import Image
+
+    from dinoseg_core.io import imageio, storage
+
+    for i in range(n):
+        image, label = shapes_image(seed + i, size)
+        label = label.astype(np.uint8)
+        for j, value in enumerate((bad or {}).get(i, [])):
+            label[0, j] = value
+        imageio.write_image_png(storage.join(root, "images", f"{i:03d}.png"), image)
+        buf = io.BytesIO()
+        Image.fromarray(label, mode="L").save(buf, format="PNG")
+        storage.write_bytes(storage.join(root, "annotations", f"{i:03d}.png"), buf.getvalue())
+    return root
+
+
+#: The tests' small dinov3.seg head on the 64-wide random towers of ``random:tiny``.
+TINY_HEAD = SegHeadConfig(feature_dim=64, hidden=16, early_blocks=1, spatial_blocks=1, class_blocks=1, class_heads=2,
+                          decoder_channels=(8, 8))
+
+
+def tiny_seg_model(dinotxt, seed: int = 0):
+    """A seeded dinov3.seg model with :data:`TINY_HEAD` on ``dinotxt``."""
+    from dinoseg_core.ovseg import SegModel
+
+    torch.manual_seed(seed)
+    return SegModel(dinotxt, config=TINY_HEAD)

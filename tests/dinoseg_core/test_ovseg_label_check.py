@@ -3,30 +3,16 @@ ids that are not classes is named with its ids, and the hint (a class table) wor
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
-from PIL import Image
 
 from dinoseg_core.errors import InputError
-from dinoseg_core.io import imageio, storage
 from dinoseg_core.ovseg import SegDataset
-from tests.ovseg_factory import SHAPE_CLASSES, shapes_image
+from tests.ovseg_factory import SHAPE_CLASSES, shapes_image, write_shapes_folder
 
 
 def write_folder(root: str, n: int = 4, bad: dict[int, list[int]] | None = None) -> str:
-    """A folder-layout dataset; ``bad``: image index -> raw ids painted into its annotation's first row."""
-    for i in range(n):
-        image, label = shapes_image(i, 32)
-        label = label.astype(np.uint8)
-        for j, value in enumerate((bad or {}).get(i, [])):
-            label[0, j] = value
-        imageio.write_image_png(storage.join(root, "images", f"{i:03d}.png"), image)
-        buf = io.BytesIO()
-        Image.fromarray(label, mode="L").save(buf, format="PNG")
-        storage.write_bytes(storage.join(root, "annotations", f"{i:03d}.png"), buf.getvalue())
-    return root
+    return write_shapes_folder(root, n, size=32, bad=bad)
 
 
 def test_a_clean_dataset_passes(tmp_path):

@@ -11,17 +11,15 @@ from dinoseg_core.io.heads import HeadCheckpoint, read_head_checkpoint
 from dinoseg_core.ovseg import (
     OvsegConfig,
     SegHead,
-    SegHeadConfig,
     SegModel,
     TextSegmenter,
     TrainConfig,
     load_dinotxt,
     train,
 )
-from tests.ovseg_factory import SHAPE_CLASSES, shapes_dataset
+from tests.ovseg_factory import SHAPE_CLASSES, TINY_HEAD, shapes_dataset, tiny_seg_model
 
-HEAD = SegHeadConfig(feature_dim=64, hidden=16, early_blocks=1, spatial_blocks=1, class_blocks=1, class_heads=2,
-                     decoder_channels=(8, 8))
+HEAD = TINY_HEAD
 TRAIN = TrainConfig(batch_size=2, lr=1e-3, short_side=64, crop=64, templates=("a {}.",), checkpoint_every=2)
 
 
@@ -30,9 +28,7 @@ def dinotxt():
     return load_dinotxt("random:tiny@0", device="cpu")
 
 
-def fresh_model(dinotxt, seed=0):
-    torch.manual_seed(seed)
-    return SegModel(dinotxt, config=HEAD)
+fresh_model = tiny_seg_model
 
 
 def test_head_shapes_and_class_equivariance():

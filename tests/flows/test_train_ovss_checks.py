@@ -4,18 +4,13 @@ step, naming the file and its ids (item 7); a resume with other settings is refu
 
 from __future__ import annotations
 
-import io
-
-import numpy as np
 import pytest
-from PIL import Image
 
 from dinoseg.cli import main as cli
 from dinoseg_core.errors import CheckpointError, InputError
-from dinoseg_core.io import imageio, storage
 from dinoseg_core.io.heads import read_head_checkpoint
 from flows.text import train_ovss
-from tests.ovseg_factory import SHAPE_CLASSES, shapes_image
+from tests.ovseg_factory import SHAPE_CLASSES, write_shapes_folder
 
 TINY = "random:tiny@0"
 TRAIN = {"batch_size": 2, "lr": 1e-2, "short_side": 64, "crop": 64, "schedule": "constant",
@@ -24,21 +19,8 @@ HEAD = {"hidden": 16, "early_blocks": 0, "spatial_blocks": 1, "class_blocks": 1,
         "decoder_channels": [8]}
 
 
-def write_dataset(root: str, n: int, bad: dict[int, int] | None = None) -> str:
-    for i in range(n):
-        image, label = shapes_image(100 + i, 64)
-        label = label.astype(np.uint8)
-        if bad and i in bad:
-            label[:4, :4] = bad[i]
-        imageio.write_image_png(storage.join(root, "images", f"{i:03d}.png"), image)
-        buf = io.BytesIO()
-        Image.fromarray(label, mode="L").save(buf, format="PNG")
-        storage.write_bytes(storage.join(root, "annotations", f"{i:03d}.png"), buf.getvalue())
-    return root
-
-
 def test_a_bad_annotation_fails_before_any_training_step(tmp_path):
-    data = write_dataset(str(tmp_path / "data"), n=4, bad={2: 17})
+    data = write_shapes_folder(str(tmp_path / "data"), 4, seed=100, bad={2: [17]})
     checkpoint = tmp_path / "head.safetensors"
     state = train_ovss(dataset=data, dinotxt=TINY, checkpoint=str(checkpoint), steps=2,
                        classes=list(SHAPE_CLASSES), device="cpu", train=TRAIN, head=HEAD, return_state=True)
@@ -50,7 +32,7 @@ def test_a_bad_annotation_fails_before_any_training_step(tmp_path):
 
 
 def test_a_resume_with_other_settings_is_refused_unless_allowed(tmp_path, capsys):
-    data = write_dataset(str(tmp_path / "data"), n=2)
+    data = write_shapes_folder(str(tmp_path / "data"), 2, seed=100)
     checkpoint = str(tmp_path / "head.safetensors")
     common = {"dataset": data, "dinotxt": TINY, "checkpoint": checkpoint, "classes": list(SHAPE_CLASSES),
               "device": "cpu", "head": HEAD, "return_state": True}

@@ -8,10 +8,10 @@ from safetensors.torch import save
 
 from dinoseg_core.errors import CheckpointError, ObjectNotFoundError
 from dinoseg_core.io.heads import HeadCheckpoint, load_seg_model, save_seg_model
-from dinoseg_core.ovseg import SegHeadConfig, SegModel, load_dinotxt
+from dinoseg_core.ovseg import load_dinotxt
+from tests.ovseg_factory import TINY_HEAD, tiny_seg_model
 
-HEAD = SegHeadConfig(feature_dim=64, hidden=16, early_blocks=1, spatial_blocks=1, class_blocks=1, class_heads=2,
-                     decoder_channels=(8, 8))
+HEAD = TINY_HEAD
 
 
 @pytest.fixture(scope="module")
@@ -19,9 +19,7 @@ def dinotxt():
     return load_dinotxt("random:tiny@0", device="cpu")
 
 
-def fresh_model(dinotxt, seed=0):
-    torch.manual_seed(seed)
-    return SegModel(dinotxt, config=HEAD)
+fresh_model = tiny_seg_model
 
 
 def test_a_model_round_trips_through_a_url(dinotxt, tmp_path):
