@@ -78,6 +78,11 @@ class ConfigBase:
             raise InputError(f"unknown {cls._shown_name()} field(s) {unknown}; known fields: {known}")
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
+    def apply(self, given: dict[str, Any]) -> Self:
+        """This config with the fields in ``given`` (:meth:`to_dict`'s form) replaced and validated; a config whose
+        fields follow another (``OvsegConfig.recipe``) overrides it."""
+        return type(self).from_dict({**self.to_dict(), **given})
+
     def digest(self) -> str:
         """Stable sha256 of the config, for cache keys and provenance."""
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
@@ -103,7 +108,7 @@ def apply_options(config: ConfigBase, options: Any) -> Any:
         return config
     given = options.model_dump(exclude_none=True) if hasattr(options, "model_dump") else dict(options)
     given = {k: v for k, v in given.items() if v is not None}
-    return type(config).from_dict({**config.to_dict(), **given}) if given else config
+    return config.apply(given) if given else config
 
 
 # ------------------------------------------------------------------------------------ command-line options

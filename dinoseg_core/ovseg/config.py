@@ -4,26 +4,35 @@ Three frozen configs, one per concern:
 
 - :class:`OvsegConfig`: inference (zero-shot and the trained dinov3.seg model alike): prompt templates, how the
   patch-text similarity and the image-level prior are combined, background handling, and the high-resolution
-  local-global windowing (short side 640, windows 384 with stride 256, plus one global view).
-- :class:`SegHeadConfig`: the architecture of the trainable dinov3.seg head (:mod:`dinoseg_core.ovseg.model`).
+  windowing. Two recipes (:data:`RECIPES`): ``dinoseg`` (the default: short side 640, windows 384 with stride 256
+  plus one global view, 7 scene templates, a CLS prior, logits averaged) and ``dinotxt`` (Meta's published dino.txt
+  zero-shot segmentation recipe: short side 512, windows 384 with stride 192, no global view, CLIP's 80 ImageNet
+  templates, no CLS term, softmax probabilities averaged over windows).
+- :class:`SegHeadConfig`: the architecture of the trainable dinov3.seg head (:mod:`dinoseg_core.ovseg.model`):
+  ``kind="small"`` or ``kind="catseg"``.
 - :class:`TrainConfig`: the training loop (:mod:`dinoseg_core.ovseg.train`).
 
-The windowing numbers (640 / 384 / 256) are the ones the issue gives for dinov3.seg's local-global inference;
-the temperature, prior weight and head sizes are our choices (no code or weights of dinov3.seg are public), and
-none of them has been tuned on real weights.
+What is whose: the ``dinotxt`` recipe is Meta's. The ``dinoseg`` recipe (the CLS prior, the 7 templates, the
+640 / 384 / 256 windows plus a global view), the temperature and both heads are this project's choices: dinov3.seg
+(arXiv 2603.19531) has published only its abstract, not its method section, code or weights, and none of these
+numbers has been tuned on real weights.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from dinoseg_core.config import ConfigBase, options_model
 from dinoseg_core.errors import InputError
+from dinoseg_core.ovseg.classes import IMAGENET_TEMPLATES
 
 __all__ = [
     "DEFAULT_TEMPLATES",
+    "IMAGENET_TEMPLATES",
     "PAPER_MIOU",
+    "RECIPES",
     "HeadOptions",
     "OvsegConfig",
     "OvsegOptions",
@@ -53,6 +62,29 @@ PAPER_MIOU: dict[str, dict[str, float]] = {
 }
 
 
+class _FromRecipe:
+    """The default of a recipe field: the value of :attr:`OvsegConfig.recipe` (:data:`RECIPES`)."""
+
+    def __repr__(self) -> str:
+        return "FROM_RECIPE"
+
+    def __str__(self) -> str:
+        return "from --recipe"
+
+
+#: Default of the :class:`OvsegConfig` fields that a recipe sets: resolved to the recipe's value on construction.
+FROM_RECIPE: Any = _FromRecipe()
+
+#: What each inference recipe sets (every other :class:`OvsegConfig` field is shared). ``dinoseg``: this project's
+#: choices. ``dinotxt``: Meta's published dino.txt zero-shot segmentation recipe.
+RECIPES: dict[str, dict[str, Any]] = {
+    "dinoseg": {"short_side": 640, "window": 384, "stride": 256, "global_view": True,
+                "templates": DEFAULT_TEMPLATES, "prior_weight": 1.0, "average": "logits"},
+    "dinotxt": {"short_side": 512, "window": 384, "stride": 192, "global_view": False,
+                "templates": IMAGENET_TEMPLATES, "prior_weight": 0.0, "average": "probabilities"},
+}
+
+
 def _positive(name: str, value: Any) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise InputError(f"{name}={value!r}: must be a positive integer")
@@ -62,27 +94,43 @@ def _positive(name: str, value: Any) -> None:
 class OvsegConfig(ConfigBase):
     """Inference of open-vocabulary segmentation (zero-shot dino.txt and the trained dinov3.seg head).
 
+    ``recipe`` sets the defaults of ``short_side``, ``window``, ``stride``, ``global_view``, ``templates``,
+    ``prior_weight`` and ``average`` (:data:`RECIPES`); a field given explicitly overrides its recipe value.
+    :meth:`replace` with another recipe moves the fields that still hold the old recipe's values to the new one's.
     The ``help`` metadata of each field is what a CLI shows.
     """
 
-    short_side: int | None = field(
-        default=640, metadata={"help": "resize so the shorter image side is this many pixels (None: keep the size, "
-                                       "rounded to the patch size)"})
-    window: int = field(default=384, metadata={"help": "side of the square sliding windows, pixels of the resized "
-                                                       "image (multiple of the patch size)"})
-    stride: int = field(default=256, metadata={"help": "step between windows (<= window; multiple of the patch size)"})
-    global_view: bool = field(default=True, metadata={
-        "help": "add one view of the whole image, longer side resized to the window"})
+    recipe: Literal["dinoseg", "dinotxt"] = field(default="dinoseg", metadata={
+        "help": "defaults of the windowing, templates, prior and averaging: dinoseg (this project's: short side "
+                "640, windows 384 / stride 256 + a global view, 7 scene templates, CLS prior, logits averaged) or "
+                "dinotxt (Meta's dino.txt recipe: short side 512, windows 384 / stride 192, no global view, "
+                "CLIP's 80 ImageNet templates, no CLS term, probabilities averaged)"})
+    short_side: int | None = field(default=FROM_RECIPE, metadata={
+        "help": "resize so the shorter image side is this many pixels (recipe dinoseg 640, dinotxt 512; None in "
+                "Python: keep the size, rounded to the patch size)"})
+    window: int = field(default=FROM_RECIPE, metadata={
+        "help": "side of the square sliding windows, pixels of the resized image (multiple of the patch size; "
+                "both recipes 384)"})
+    stride: int = field(default=FROM_RECIPE, metadata={
+        "help": "step between windows (<= window; multiple of the patch size; recipe dinoseg 256, dinotxt 192)"})
+    global_view: bool = field(default=FROM_RECIPE, metadata={
+        "help": "add one view of the whole image, longer side resized to the window (recipe dinoseg on, dinotxt "
+                "off)"})
     global_weight: float = field(default=0.5, metadata={
         "help": "weight of the global view's logits against the averaged windows' (0..1)"})
     output_stride: int = field(default=4, metadata={
         "help": "pixels per cell of the grid the views are aggregated on (divides the patch size)"})
-    templates: tuple[str, ...] = field(default=DEFAULT_TEMPLATES, metadata={
-        "help": "prompt templates, each with one '{}' for the class name; their embeddings are averaged"})
+    templates: tuple[str, ...] = field(default=FROM_RECIPE, metadata={
+        "help": "prompt templates, each with one '{}' for the class name; their embeddings are averaged (recipe "
+                "dinoseg: 7 scene templates; dinotxt: CLIP's 80 ImageNet templates)"})
     temperature: float = field(default=0.01, metadata={
         "help": "softmax temperature of cosine similarities over classes (CLIP's logit scale 100 = 1/0.01)"})
-    prior_weight: float = field(default=1.0, metadata={
-        "help": "weight of the image-level prior (log-softmax of CLS-text similarity) added to patch logits"})
+    prior_weight: float = field(default=FROM_RECIPE, metadata={
+        "help": "weight of the image-level prior (log-softmax of CLS-text similarity) added to patch logits "
+                "(recipe dinoseg 1.0, dinotxt 0: no CLS term)"})
+    average: Literal["logits", "probabilities"] = field(default=FROM_RECIPE, metadata={
+        "help": "what is averaged where views overlap: logits, or each view's softmax probabilities (recipe "
+                "dinoseg logits, dinotxt probabilities)"})
     background_threshold: float | None = field(default=None, metadata={
         "help": "pixels whose top class probability is below this become background (label 0); None: never"})
     background_prompts: tuple[str, ...] = field(default=(), metadata={
@@ -90,6 +138,12 @@ class OvsegConfig(ConfigBase):
     batch_windows: int = field(default=8, metadata={"help": "windows per forward pass"})
 
     def __post_init__(self) -> None:
+        if self.recipe not in RECIPES:
+            raise InputError(f"recipe={self.recipe!r}: use one of {sorted(RECIPES)} (dinoseg: this project's "
+                             "defaults; dinotxt: Meta's dino.txt zero-shot recipe)")
+        for name, value in RECIPES[self.recipe].items():
+            if getattr(self, name) is FROM_RECIPE:
+                object.__setattr__(self, name, value)
         if self.short_side is not None:
             _positive("short_side", self.short_side)
         for name in ("window", "stride", "output_stride", "batch_windows"):
@@ -97,12 +151,16 @@ class OvsegConfig(ConfigBase):
         if self.stride > self.window:
             raise InputError(f"stride={self.stride} is larger than window={self.window}: windows would leave gaps; "
                              "use a stride <= the window")
+        if not isinstance(self.global_view, bool):
+            raise InputError(f"global_view={self.global_view!r}: must be True or False")
         if not 0.0 <= self.global_weight <= 1.0:
             raise InputError(f"global_weight={self.global_weight}: must be in [0, 1]")
         if not self.temperature > 0:
             raise InputError(f"temperature={self.temperature}: must be > 0")
         if self.prior_weight < 0:
             raise InputError(f"prior_weight={self.prior_weight}: must be >= 0 (0 disables the image-level prior)")
+        if self.average not in ("logits", "probabilities"):
+            raise InputError(f"average={self.average!r}: use 'logits' or 'probabilities'")
         if self.background_threshold is not None and not 0.0 <= self.background_threshold <= 1.0:
             raise InputError(f"background_threshold={self.background_threshold}: must be a probability in [0, 1]")
         _check_templates(self.templates)
@@ -110,6 +168,35 @@ class OvsegConfig(ConfigBase):
             if not isinstance(prompt, str) or not prompt.strip():
                 raise InputError(f"background_prompts={self.background_prompts!r}: every prompt must be a non-empty "
                                  "string")
+
+    def replace(self, **changes: Any) -> OvsegConfig:
+        """A copy with ``changes``; a new ``recipe`` also moves every recipe field that still holds the old
+        recipe's value (and is not in ``changes``) to the new recipe's value."""
+        recipe = changes.get("recipe", self.recipe)
+        if recipe != self.recipe:
+            for name, value in RECIPES[self.recipe].items():
+                if name not in changes and getattr(self, name) == value:
+                    changes[name] = FROM_RECIPE
+        return dataclasses.replace(self, **changes)
+
+    def apply(self, given: dict[str, Any]) -> OvsegConfig:
+        """This config with the fields in ``given`` replaced (see :meth:`replace`; lists become tuples)."""
+        unknown = sorted(set(given) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise InputError(f"unknown OvsegConfig field(s) {unknown}; known fields: "
+                             f"{sorted(f.name for f in dataclasses.fields(self))}")
+        return self.replace(**{k: tuple(v) if isinstance(v, list) else v for k, v in given.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Field name -> value, JSON-ready. The default recipe's ``recipe`` and ``average`` entries are left out, so
+        that a default config's dict (and the provenance digest of masks labelled before recipes existed) is
+        unchanged; :meth:`from_dict` restores them."""
+        out = super().to_dict()
+        if out["recipe"] == "dinoseg":
+            del out["recipe"]
+            if out["average"] == "logits":
+                del out["average"]
+        return out
 
     def check_patch_size(self, patch_size: int) -> None:
         """Raise :class:`InputError` unless the window geometry fits a backbone of ``patch_size``."""
