@@ -23,17 +23,19 @@ Bands are 1-based as in rasterio and GDAL: ``bands=(4, 3, 2)`` makes an RGB imag
 single band (``bands=(1,)``) is replicated to three channels. By default: bands (1, 2, 3) of a 3+ band file
 (alpha bands skipped), band 1 replicated for a 1-2 band file.
 
-Scaling (``stretch``), per scene and per selected band, so that every window of a scene is scaled identically
-(a per-window stretch would make seams):
+Scaling (``radiometry``, :mod:`dinoseg_core.io.radiometry`): one ``(low, high)`` range per selected band, fixed
+when the scene is opened, so that every window of a scene is scaled identically (a per-window stretch would make
+seams): ``low -> 0``, ``high -> 1``, clipped.
 
-- ``"auto"`` (default): ``uint8`` data is divided by 255 (it is display-ready already); any other type gets the
-  percentile stretch below;
-- ``"percentile"``: the ``percentiles`` (default 2nd and 98th) of each band's valid pixels, computed from one
-  decimated read whose longer side is ``sample_size`` px (default 1024; GDAL serves it from the file's overviews
-  when it has them, as a COG does, else it samples every block once, without holding the scene), nearest
-  resampling so the sample is an unbiased subset of pixels. ``low -> 0``, ``high -> 1``, clipped;
-- ``"none"``: the data type's range (``uint8`` /255, ``uint16`` /65535, floats as they are), clipped to [0, 1];
-- explicit ``[(low, high), ...]``, one pair per selected band (or one pair for all).
+- ``scene-percentile`` (default): ``uint8`` data is divided by 255 (it is display-ready already); any other type
+  gets the 2nd-98th percentiles of each band's valid pixels, computed from one decimated read whose longer side is
+  ``sample_size`` px (default 1024; GDAL serves it from the file's overviews when it has them, as a COG does, else
+  it samples every block once, without holding the scene), nearest resampling so the sample is an unbiased subset
+  of pixels;
+- ``collection-percentile``: the same percentiles, computed once for a whole collection by
+  :func:`collection_radiometry` from a bounded sample of every scene (overviews where the file has them, else a
+  grid of small full-resolution windows), then the same ranges for every scene;
+- ``fixed:LOW,HIGH`` (one range, or one per band), ``scale:FACTOR[,OFFSET]`` and ``none`` (8-bit only).
 
 Validity: a pixel is valid when every selected band is valid in GDAL's mask (the file's nodata value, an internal
 mask band or an alpha band) and finite. Invalid pixels read as 0 in the image, and callers set them to False in
@@ -54,8 +56,9 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from dinoseg_core.io import storage
 from dinoseg_core.errors import ImageDecodeError, InputError, MissingDependencyError, ObjectNotFoundError, StorageError
+from dinoseg_core.io import storage
+from dinoseg_core.io.radiometry import DEFAULT_PERCENTILES, DEFAULT_RADIOMETRY, EIGHT_BIT, Radiometry, percentile_ranges
 
 try:  # rasterio is the optional "geo" extra
     import rasterio
@@ -74,6 +77,7 @@ __all__ = [
     "RasterReader",
     "RasterSource",
     "Window",
+    "collection_radiometry",
     "gdal_env_options",
     "open_raster",
     "raster_reader",
@@ -83,12 +87,13 @@ __all__ = [
     "window_bounds_to_pixels",
 ]
 
-#: Lower and upper percentile of the default per-band stretch.
-DEFAULT_PERCENTILES: tuple[float, float] = (2.0, 98.0)
-#: Longer side (px) of the decimated read the stretch statistics come from.
+#: Longer side (px) of the decimated read the stretch statistics come from; for a collection stretch, the pooled
+#: sample of all scenes is about this size squared.
 DEFAULT_SAMPLE_SIZE = 1024
-
-_DTYPE_RANGE = {"uint8": 255.0, "uint16": 65535.0, "int16": 32767.0, "uint32": 4294967295.0, "int32": 2147483647.0}
+#: A collection stretch samples each scene from at least this many px along its longer side.
+MIN_COLLECTION_SAMPLE = 64
+#: Without overviews, a collection stretch reads a grid of this many x this many small windows of a scene.
+COLLECTION_GRID = 8
 
 
 @dataclass(frozen=True)
@@ -105,6 +110,7 @@ class RasterSource:
         nodata: the file's nodata value (of the first selected band), or None.
         dtype: the file's data type (``"uint16"``, ...).
         count: the number of bands in the file.
+        radiometry: the canonical text of the radiometry ``stretch`` came from (``scene-percentile``, ...).
         storage_options: fsspec-style options (credentials, endpoint); never shown in repr or messages.
     """
 
@@ -118,6 +124,7 @@ class RasterSource:
     nodata: float | None
     dtype: str
     count: int
+    radiometry: str = DEFAULT_RADIOMETRY
     storage_options: dict[str, Any] | None = field(default=None, repr=False, compare=False, hash=False)
 
     @property
@@ -153,7 +160,7 @@ class RasterSource:
             "url": self.display_url, "bands": list(self.bands), "stretch": [list(p) for p in self.stretch],
             "crs_wkt": self.crs.to_wkt() if self.crs is not None else None, "transform": list(self.transform)[:6],
             "width": self.width, "height": self.height, "nodata": self.nodata, "dtype": self.dtype,
-            "count": self.count,
+            "count": self.count, "radiometry": self.radiometry,
         }
 
 
@@ -327,33 +334,34 @@ def open_raster(
     bands: Sequence[int] | int | None = None,
     storage_options: dict[str, Any] | None = None,
     *,
-    stretch: str | Sequence[Sequence[float]] = "auto",
-    percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
+    radiometry: str | Radiometry | None = None,
     sample_size: int = DEFAULT_SAMPLE_SIZE,
     require_georeferencing: bool = False,
 ) -> RasterSource:
     """Open a GeoTIFF/COG (or any raster GDAL reads): header, band selection and the scene's stretch.
 
-    Reads the header and, for a percentile stretch, one decimated sample (see the module docstring); never the
-    full-resolution scene.
+    Reads the header and, for a ``scene-percentile`` stretch of non-8-bit data, one decimated sample (see the
+    module docstring); never the full-resolution scene.
 
     Args:
         url: local path or URL (``s3://``, ``https://``, ``memory://``, ...).
         bands: 1-based band numbers, 3 (R, G, B) or 1 (grey); default see the module docstring.
         storage_options: fsspec-style options (``key``, ``secret``, ``endpoint_url``, ...).
-        stretch: ``"auto"``, ``"percentile"``, ``"none"`` or explicit ``(low, high)`` pairs.
-        percentiles: lower and upper percentile of the percentile stretch.
+        radiometry: a :class:`~dinoseg_core.io.radiometry.Radiometry` or its text (``scene-percentile``, the
+            default; ``fixed:0,3000``; ...); a ``collection-percentile`` one must carry its computed ranges
+            (:func:`collection_radiometry`).
         sample_size: longer side of the decimated read for the statistics.
         require_georeferencing: raise if the file has no CRS or no geotransform.
 
     Raises:
-        InputError: a band out of range, a bad option, no georeferencing when required.
+        InputError: a band out of range, a bad option or radiometry (``none`` on non-8-bit data, a range count
+            that is not the band count), no georeferencing when required.
         ImageDecodeError: the file is corrupt, truncated or not a raster (an ``InputError``).
         ObjectNotFoundError: nothing at ``url``. StorageError: access denied and other storage failures.
     """
     url = os.fspath(url)
     shown = storage.display_url(url)
-    low_pct, high_pct = _check_percentiles(percentiles)
+    spec = Radiometry.parse(radiometry)
     with _open_dataset(url, storage_options) as ds:
         chosen = _default_bands(ds) if bands is None else _check_bands(bands, ds.count, shown)
         dtype = str(ds.dtypes[chosen[0] - 1])
@@ -361,51 +369,19 @@ def open_raster(
         source = RasterSource(
             url=url, bands=chosen, stretch=((0.0, 1.0),) * len(chosen), crs=ds.crs, transform=ds.transform,
             width=ds.width, height=ds.height, nodata=None if nodata is None else float(nodata), dtype=dtype,
-            count=ds.count, storage_options=storage_options,
+            count=ds.count, radiometry=str(spec), storage_options=storage_options,
         )
         if require_georeferencing:
             source.require_georeferencing("this job")
-        pairs = _resolve_stretch(ds, source, stretch, (low_pct, high_pct), sample_size)
-    return dataclasses.replace(source, stretch=pairs)
+        unique = sorted(set(chosen))
+        out_hw = _sample_shape(source.height, source.width, int(sample_size))
 
+        def sample() -> list[np.ndarray]:
+            values = _decimated_sample(ds, source, unique, out_hw)
+            return [values[unique.index(b)] for b in chosen]
 
-def _check_percentiles(percentiles: Sequence[float]) -> tuple[float, float]:
-    try:
-        low, high = (float(p) for p in percentiles)
-    except (TypeError, ValueError):
-        raise InputError(f"percentiles={percentiles!r}: give two numbers (low, high), e.g. (2, 98)") from None
-    if not 0.0 <= low < high <= 100.0:
-        raise InputError(f"percentiles={percentiles!r}: need 0 <= low < high <= 100, e.g. (2, 98)")
-    return low, high
-
-
-def _resolve_stretch(ds: Any, source: RasterSource, stretch: Any, pcts: tuple[float, float],
-                     sample_size: int) -> tuple[tuple[float, float], ...]:
-    n = len(source.bands)
-    if isinstance(stretch, str):
-        mode = stretch.lower()
-        if mode == "auto":
-            mode = "none" if source.dtype == "uint8" else "percentile"
-        if mode == "none":
-            top = _DTYPE_RANGE.get(source.dtype, 1.0)
-            return ((0.0, top),) * n
-        if mode == "percentile":
-            return _percentile_stretch(ds, source, pcts, sample_size)
-        raise InputError(
-            f"stretch={stretch!r} for {source.display_url}: use 'auto', 'percentile', 'none' or (low, high) pairs"
-        )
-    try:
-        pairs = [tuple(float(v) for v in pair) for pair in stretch]
-    except (TypeError, ValueError):
-        raise InputError(f"stretch={stretch!r}: give (low, high) pairs, one per selected band or one for all") from None
-    if len(pairs) == 1:
-        pairs = pairs * n
-    if len(pairs) != n or any(len(p) != 2 or not p[1] > p[0] for p in pairs):
-        raise InputError(
-            f"stretch={stretch!r} for {source.display_url}: need {n} (low, high) pair(s) with high > low, one per "
-            f"selected band {list(source.bands)} (or a single pair for all)"
-        )
-    return tuple(pairs)  # type: ignore[return-value]
+        ranges = spec.band_ranges(dtype, len(chosen), sample=sample, name=shown)
+    return dataclasses.replace(source, stretch=tuple(ranges))
 
 
 def _sample_shape(height: int, width: int, longer: int) -> tuple[int, int]:
@@ -413,27 +389,101 @@ def _sample_shape(height: int, width: int, longer: int) -> tuple[int, int]:
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
-def _percentile_stretch(ds: Any, source: RasterSource, pcts: tuple[float, float],
-                        sample_size: int) -> tuple[tuple[float, float], ...]:
-    """Per-band percentiles of the valid pixels of one decimated (nearest) read."""
-    unique = sorted(set(source.bands))
-    out_hw = _sample_shape(source.height, source.width, int(sample_size))
+def _decimated_sample(ds: Any, source: RasterSource, bands: list[int], out_hw: tuple[int, int]) -> list[np.ndarray]:
+    """Each band's valid values in one decimated (nearest: an unbiased subset of pixels) read of ``out_hw`` px."""
     try:
-        data = ds.read(unique, out_shape=(len(unique), *out_hw), resampling=Resampling.nearest, masked=False)
-        masks = ds.read_masks(unique, out_shape=(len(unique), *out_hw), resampling=Resampling.nearest)
+        data = ds.read(bands, out_shape=(len(bands), *out_hw), resampling=Resampling.nearest, masked=False)
+        masks = ds.read_masks(bands, out_shape=(len(bands), *out_hw), resampling=Resampling.nearest)
     except RasterioError as exc:
         raise _read_error(source, "the stretch sample", exc) from exc
-    result: dict[int, tuple[float, float]] = {}
-    for i, band in enumerate(unique):
-        values = data[i][(masks[i] > 0) & np.isfinite(data[i])].astype(np.float64)
-        if values.size == 0:
-            result[band] = (0.0, 1.0)  # an all-nodata band: any finite pair will do
-            continue
-        low, high = np.percentile(values, pcts)
-        if not high > low:  # a constant band: map it to 0 rather than dividing by zero
-            high = low + 1.0
-        result[band] = (float(low), float(high))
-    return tuple(result[b] for b in source.bands)
+    return [data[i][(masks[i] > 0) & np.isfinite(data[i])].astype(np.float64) for i in range(len(bands))]
+
+
+def _grid_sample(ds: Any, source: RasterSource, bands: list[int], out_hw: tuple[int, int]) -> list[np.ndarray]:
+    """Each band's valid values in a grid of :data:`COLLECTION_GRID` squared small full-resolution windows, evenly
+    spread, holding about ``out_hw`` px in all: a bounded read of a file without overviews (a decimated read
+    would decode every block)."""
+    grid = COLLECTION_GRID
+    wh, ww = max(1, out_hw[0] // grid), max(1, out_hw[1] // grid)
+    rows = np.linspace(0, source.height - wh, grid).round().astype(int)
+    cols = np.linspace(0, source.width - ww, grid).round().astype(int)
+    parts: list[list[np.ndarray]] = [[] for _ in bands]
+    for row in dict.fromkeys(rows.tolist()):
+        for col in dict.fromkeys(cols.tolist()):
+            win = Window(col, row, ww, wh)
+            try:
+                data = ds.read(bands, window=win, masked=False)
+                masks = ds.read_masks(bands, window=win)
+            except RasterioError as exc:
+                raise _read_error(source, "the collection stretch sample", exc) from exc
+            for i in range(len(bands)):
+                parts[i].append(data[i][(masks[i] > 0) & np.isfinite(data[i])].astype(np.float64))
+    return [np.concatenate(p) for p in parts]
+
+
+def _collection_sample(url: str, bands: Sequence[int] | int | None, storage_options: dict[str, Any] | None,
+                       longer: int) -> tuple[RasterSource, list[np.ndarray] | None]:
+    """One scene's part of a collection stretch: its header and each selected band's sampled values (None for
+    8-bit data, which is used as is)."""
+    with _open_dataset(url, storage_options) as ds:
+        chosen = _default_bands(ds) if bands is None else _check_bands(bands, ds.count, storage.display_url(url))
+        dtype = str(ds.dtypes[chosen[0] - 1])
+        nodata = ds.nodatavals[chosen[0] - 1]
+        source = RasterSource(url=url, bands=chosen, stretch=(), crs=ds.crs, transform=ds.transform, width=ds.width,
+                              height=ds.height, nodata=None if nodata is None else float(nodata), dtype=dtype,
+                              count=ds.count, storage_options=storage_options)
+        if dtype == EIGHT_BIT:
+            return source, None
+        unique = sorted(set(chosen))
+        out_hw = _sample_shape(source.height, source.width, longer)
+        small = source.height * source.width <= 16 * out_hw[0] * out_hw[1]
+        sample = _decimated_sample if small or ds.overviews(unique[0]) else _grid_sample
+        values = sample(ds, source, unique, out_hw)
+    return source, [values[unique.index(b)] for b in chosen]
+
+
+def collection_radiometry(
+    urls: Sequence[str | os.PathLike[str]],
+    bands: Sequence[int] | int | None = None,
+    radiometry: str | Radiometry = "collection-percentile",
+    storage_options: dict[str, Any] | None = None,
+    *,
+    sample_size: int = DEFAULT_SAMPLE_SIZE,
+    threads: int = 8,
+) -> Radiometry:
+    """The collection stretch of ``urls`` (the scenes of a collection): ``radiometry``'s percentiles of each
+    selected band over a bounded sample pooled from every scene, as a ``collection-percentile``
+    :class:`Radiometry` carrying its ranges.
+
+    Each scene contributes a sample whose longer side is ``sample_size / sqrt(len(urls))`` px (at least
+    :data:`MIN_COLLECTION_SAMPLE`), so the pooled sample stays about ``sample_size`` squared px per band whatever
+    the collection's size: from the file's overviews when it has them (a COG), else from a grid of small
+    full-resolution windows. The result depends on the set of scenes, not on their order. 8-bit scenes are used as
+    is and add nothing; an all-8-bit collection gives empty ranges.
+
+    Raises:
+        InputError: ``radiometry`` is not a collection stretch, no scenes, a band out of range in a scene (named).
+    """
+    spec = Radiometry.parse(radiometry)
+    if spec.kind != "collection-percentile":
+        raise InputError(f"collection_radiometry: radiometry {spec} is not a collection stretch (collection-percentile)")
+    names = sorted(dict.fromkeys(os.fspath(u) for u in urls))
+    if not names:
+        raise InputError("collection_radiometry: no scenes to compute the collection stretch from")
+    longer = max(MIN_COLLECTION_SAMPLE, round(int(sample_size) / math.sqrt(len(names))))
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max(1, min(int(threads), len(names)))) as pool:
+        results = list(pool.map(lambda u: _collection_sample(u, bands, storage_options, longer), names))
+    samples = [(source, values) for source, values in results if values is not None]
+    if not samples:
+        return spec.with_ranges(())
+    counts = {len(source.bands) for source, _ in samples}
+    if len(counts) != 1:
+        raise InputError(f"collection_radiometry: the scenes select different numbers of bands ({sorted(counts)}); "
+                         "give --bands")
+    pooled = [[values[i] for _, values in samples] for i in range(counts.pop())]
+    return spec.with_ranges(percentile_ranges(pooled, spec.percentiles))
 
 
 # ------------------------------------------------------------------------------------------------- reading
@@ -478,9 +528,7 @@ class RasterReader:
         # rasterio reads each distinct band once; a replicated grey band is read once and repeated
         self._unique = sorted(set(source.bands))
         self._pick = [self._unique.index(b) for b in source.bands] if len(source.bands) == 3 else [0, 0, 0]
-        low = np.array([source.stretch[source.bands.index(b)][0] for b in self._unique], np.float32)
-        high = np.array([source.stretch[source.bands.index(b)][1] for b in self._unique], np.float32)
-        self._low, self._scale = low[:, None, None], (1.0 / (high - low))[:, None, None]
+        self._ranges = [source.stretch[source.bands.index(b)] for b in self._unique]
 
     def read(self, window: Window | None = None, out_shape: tuple[int, int] | None = None,
              resampling: str = "average") -> tuple[np.ndarray, np.ndarray]:
@@ -502,9 +550,7 @@ class RasterReader:
             where = f"window (col {int(win.col_off)}, row {int(win.row_off)}, {int(win.width)}x{int(win.height)})"
             raise _read_error(self.source, where, exc) from exc
         valid = np.all(masks > 0, axis=0) & np.all(np.isfinite(data), axis=0)
-        data -= self._low
-        data *= self._scale
-        np.clip(data, 0.0, 1.0, out=data)
+        Radiometry.apply(data, self._ranges, out=data)
         data[:, ~valid] = 0.0
         image = np.ascontiguousarray(np.moveaxis(data[self._pick], 0, -1))
         return image, valid
@@ -556,7 +602,8 @@ def read_reference(
 
     The mask raster (any format GDAL reads: GeoTIFF, PNG, ...) must have the image's size; its first band > 0 is
     the concept. Invalid (nodata) pixels of the image are removed from the mask. ``open_kwargs`` go to
-    :func:`open_raster` (``stretch``, ``percentiles``, ...); the stretch is the whole scene's, as for targets.
+    :func:`open_raster` (``radiometry``, ...): give the targets' radiometry, so that a reference is scaled as
+    the scenes it is compared with; with ``scene-percentile`` the stretch is the whole reference scene's.
 
     Returns:
         image ``float32 (h, w, 3)`` in ``[0, 1]``, mask ``bool (h, w)``.

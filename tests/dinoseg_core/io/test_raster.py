@@ -34,7 +34,7 @@ def test_header_crs_transform_and_default_bands(stack_tif):
 
 def test_band_selection_is_one_based_and_ordered(stack_tif):
     data = band_stack()
-    source = open_raster(stack_tif, bands=(4, 3, 2), stretch="none")
+    source = open_raster(stack_tif, bands=(4, 3, 2), radiometry="fixed:0,65535")
     image, valid = read_window(source)
     assert image.shape == (64, 96, 3) and image.dtype == np.float32 and valid.all()
     for channel, band in enumerate((4, 3, 2)):
@@ -107,15 +107,13 @@ def test_uint8_auto_stretch_is_divide_by_255(tmp_path):
     np.testing.assert_allclose(read_window(source)[0], np.moveaxis(data, 0, -1) / 255.0, rtol=1e-6)
 
 
-def test_explicit_stretch_and_bad_stretch(stack_tif):
-    source = open_raster(stack_tif, bands=(1,), stretch=[(1000, 2000)])
+def test_fixed_radiometry_and_bad_radiometry(stack_tif):
+    source = open_raster(stack_tif, bands=(1,), radiometry="fixed:1000,2000")
     image, _ = read_window(source)
     np.testing.assert_allclose(image[..., 0], np.clip((band_stack()[0] - 1000) / 1000, 0, 1), rtol=1e-5)
-    for bad in ("gamma", [(2000, 1000)], [(0, 1), (0, 1)], [1, 2, 3]):
-        with pytest.raises(InputError, match="stretch"):
-            open_raster(stack_tif, stretch=bad)
-    with pytest.raises(InputError, match="percentiles"):
-        open_raster(stack_tif, percentiles=(98, 2))
+    for bad in ("gamma", "fixed:2000,1000", "fixed:0,1;0,1", "scene-percentile:98,2", "none"):
+        with pytest.raises(InputError, match="radiometry"):
+            open_raster(stack_tif, radiometry=bad)
 
 
 # ------------------------------------------------------------------------------------------ nodata
@@ -207,7 +205,7 @@ def test_corrupt_cog_is_named(tmp_path):
     data = cog.read_bytes()
     truncated = tmp_path / "truncated_cog.tif"
     truncated.write_bytes(data[: len(data) * 2 // 3])  # header and overviews intact, full-res tiles cut off
-    source = open_raster(truncated, stretch=[(0, 65535)])  # the header still opens
+    source = open_raster(truncated, radiometry="fixed:0,65535")  # the header still opens
     with pytest.raises(ImageDecodeError, match=r"truncated_cog\.tif: cannot read window .*corrupt or truncated"):
         read_window(source)
     garbage = tmp_path / "garbage_cog.tif"
