@@ -67,7 +67,8 @@ from dinoseg_core.geo.windows import MaskWriter, Stitcher, WindowGrid
 from dinoseg_core.prototype import ReferenceSet
 from dinoseg_core.segmenter import InContextSegmenter, Segmentation, TargetFeatures
 
-__all__ = ["SceneConfig", "SceneOptions", "SceneReader", "SceneResult", "scene_threshold", "segment_scene"]
+__all__ = ["SceneConfig", "SceneOptions", "SceneReader", "SceneResult", "WindowScore", "sample_window",
+           "scene_threshold", "segment_scene", "stitch_windows"]
 
 #: ``read(window, out_shape=None) -> (image float32 (h, w, 3) in [0, 1], valid bool (h, w))``. ``window`` is a
 #: ``rasterio.windows.Window`` (``col_off``, ``row_off``, ``width``, ``height``) of the scene, or None for the
@@ -126,10 +127,12 @@ def _soft_score(segmentation: Segmentation, target: TargetFeatures, crf: bool) -
     return F.interpolate(patch, size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
-def _sample_prior(
-    global_sim: torch.Tensor, window: Any, grid: tuple[int, int], scene_hw: tuple[int, int]
+def sample_window(
+    global_map: torch.Tensor, window: Any, grid: tuple[int, int], scene_hw: tuple[int, int]
 ) -> torch.Tensor:
-    """``global_sim`` (gh, gw) over the scene, sampled bilinearly at the patch centres of a window's ``grid``."""
+    """``global_map`` ``(gh, gw)`` or ``(C, gh, gw)`` over the whole scene, sampled bilinearly at the centres of a
+    ``grid`` of cells over ``window`` (so that the windows of a scene read one continuous map): ``(*grid)`` or
+    ``(C, *grid)``. The same values as resizing the map to the scene's cells and cutting the window out."""
     height, width = scene_hw
     gh, gw = grid
     r0, c0 = float(window.row_off), float(window.col_off)
@@ -137,10 +140,58 @@ def _sample_prior(
     ys = (r0 + (torch.arange(gh, dtype=torch.float32) + 0.5) * wh / gh) / height * 2.0 - 1.0
     xs = (c0 + (torch.arange(gw, dtype=torch.float32) + 0.5) * ww / gw) / width * 2.0 - 1.0
     yy, xx = torch.meshgrid(ys, xs, indexing="ij")
-    points = torch.stack([xx, yy], dim=-1)[None].to(global_sim.device)
-    sampled = F.grid_sample(global_sim[None, None].float(), points, mode="bilinear", padding_mode="border",
-                            align_corners=False)
-    return sampled[0, 0]
+    points = torch.stack([xx, yy], dim=-1)[None].to(global_map.device)
+    source = global_map.float()
+    source = source[None, None] if source.ndim == 2 else source[None]
+    sampled = F.grid_sample(source, points, mode="bilinear", padding_mode="border", align_corners=False)[0]
+    return sampled[0] if global_map.ndim == 2 else sampled
+
+
+#: ``window_score(i, j, window, image) -> score``: a window's ``float32 (h, w)`` foreground score, or
+#: ``(C, h, w)`` channels (see :class:`~dinoseg_core.geo.windows.Stitcher`), from its image.
+WindowScore = Callable[[int, int, Any, np.ndarray], np.ndarray]
+
+
+def stitch_windows(
+    grid: WindowGrid,
+    read: SceneReader,
+    window_score: WindowScore,
+    stitcher: Stitcher,
+    *,
+    channels: int | None = None,
+    timings: dict[str, float] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> int:
+    """The scene loop every method shares: read each window of ``grid`` (row-major, which keeps the stitcher's
+    memory at one overlap strip), score it, stitch it; windows without a valid pixel are not scored (zeros, and
+    their pixels come out invalid). Closes the stitcher (every pixel written) and returns the number of windows
+    skipped.
+
+    Args:
+        channels: the channels of ``window_score``'s scores (None: one ``(h, w)`` score).
+        timings: ``read`` and ``stitch`` seconds are added to it (``window_score`` may add its own).
+        progress: called as ``progress(windows_done, windows_total)`` after each window.
+    """
+    timings = timings if timings is not None else {}
+    skipped = 0
+    for done, (i, j, window) in enumerate(grid, start=1):
+        start = time.perf_counter()
+        image, valid = read(window)
+        timings["read"] = timings.get("read", 0.0) + time.perf_counter() - start
+        if not valid.any():
+            skipped += 1
+            score = np.zeros(valid.shape if channels is None else (channels, *valid.shape), np.float32)
+        else:
+            score = window_score(i, j, window, image)
+        del image
+        start = time.perf_counter()
+        stitcher.add(i, j, score, valid)
+        timings["stitch"] = timings.get("stitch", 0.0) + time.perf_counter() - start
+        del score
+        if progress is not None:
+            progress(done, len(grid))
+    stitcher.close()
+    return skipped
 
 
 def segment_scene(
@@ -207,32 +258,20 @@ def segment_scene(
         del thumb, target, overview
         timings["global"] = time.perf_counter() - start
 
+    def window_score(i: int, j: int, window: Any, image: np.ndarray) -> np.ndarray:
+        start = time.perf_counter()
+        target = segmenter.extract_target(image, f"{name} window ({i}, {j})")
+        timings["backbone"] += time.perf_counter() - start
+        start = time.perf_counter()
+        prior = sample_window(global_sim, window, target.grid, (height, width)) if use_context else None
+        seg = segmenter.segment_features(references, target, insid, prior=prior,
+                                         prior_weight=config.global_weight, scene_threshold=threshold)
+        score = _soft_score(seg, target, insid.crf)
+        timings["segment"] += time.perf_counter() - start
+        return score
+
     stitcher = Stitcher(grid, writer, config.threshold)
-    skipped = 0
-    for done, (i, j, window) in enumerate(grid, start=1):
-        start = time.perf_counter()
-        image, valid = read(window)
-        timings["read"] += time.perf_counter() - start
-        if not valid.any():
-            skipped += 1
-            score = np.zeros(valid.shape, np.float32)
-        else:
-            start = time.perf_counter()
-            target = segmenter.extract_target(image, f"{name} window ({i}, {j})")
-            timings["backbone"] += time.perf_counter() - start
-            start = time.perf_counter()
-            prior = _sample_prior(global_sim, window, target.grid, (height, width)) if use_context else None
-            seg = segmenter.segment_features(references, target, insid, prior=prior,
-                                             prior_weight=config.global_weight, scene_threshold=threshold)
-            score = _soft_score(seg, target, insid.crf)
-            timings["segment"] += time.perf_counter() - start
-            del target, seg
-        start = time.perf_counter()
-        stitcher.add(i, j, score, valid)
-        timings["stitch"] += time.perf_counter() - start
-        if progress is not None:
-            progress(done, len(grid))
-    stitcher.close()
+    skipped = stitch_windows(grid, read, window_score, stitcher, timings=timings, progress=progress)
     timings["total"] = time.perf_counter() - start_all
     return SceneResult(
         shape=(height, width),

@@ -11,7 +11,9 @@ window's inner borders (the distance to the nearest inner border; scene borders 
 so they sum to 1. Across an overlap two windows therefore cross-fade linearly and no pixel depends on a window
 border's decision alone: where two windows agree, the mask runs through the overlap unchanged; where they
 disagree, the decision moves smoothly from one to the other instead of jumping at a fixed line. The mask is
-``score >= threshold`` (0.5) and ``valid``.
+``score >= threshold`` (0.5) and ``valid``. A score may also have channels, ``(C, h, w)`` (e.g. class
+probabilities): each channel is blended alike and a ``decide(score, valid)`` function turns a block's blended
+channels into what the writer receives (e.g. a label block: the argmax).
 
 Memory: the scene is cut into *cells* by all window starts and stops; a cell's accumulator (float32) lives from
 its first covering window to its last and is then thresholded and handed to the writer, so each output pixel is
@@ -36,10 +38,13 @@ try:
 except ImportError:  # pragma: no cover - windows need no rasterio, only the Window value type
     Window = None  # type: ignore[assignment,misc]
 
-__all__ = ["MaskWriter", "Stitcher", "WindowGrid", "axis_spans"]
+__all__ = ["Decide", "MaskWriter", "Stitcher", "WindowGrid", "axis_spans"]
 
 #: ``writer(row_off, col_off, mask)``: receives non-overlapping ``bool (h, w)`` blocks that tile the scene once.
 MaskWriter = Callable[[int, int, np.ndarray], None]
+#: ``decide(score, valid) -> block``: a block's blended score (``(h, w)`` or ``(C, h, w)``) and its validity
+#: (``bool (h, w)`` or None) -> the ``(h, w)`` block handed to the writer (nonzero counts as foreground).
+Decide = Callable[[np.ndarray, "np.ndarray | None"], np.ndarray]
 
 
 def axis_spans(length: int, size: int, overlap: int) -> tuple[tuple[int, int], ...]:
@@ -120,12 +125,17 @@ class Stitcher:
 
     Call :meth:`add` once per window of ``grid`` (any order; row-major keeps memory smallest), then
     :meth:`close`, which checks that every pixel was written.
+
+    Args:
+        threshold: a one-channel score at or above it is foreground (the default ``decide``).
+        decide: see :data:`Decide`; default ``(score >= threshold) & valid``.
     """
 
-    def __init__(self, grid: WindowGrid, writer: MaskWriter, threshold: float = 0.5):
+    def __init__(self, grid: WindowGrid, writer: MaskWriter, threshold: float = 0.5, decide: Decide | None = None):
         self.grid = grid
         self.writer = writer
         self.threshold = float(threshold)
+        self.decide = decide or self._threshold
         self._y = _Axis(grid.rows, grid.height)
         self._x = _Axis(grid.cols, grid.width)
         self._acc: dict[tuple[int, int], np.ndarray] = {}
@@ -139,15 +149,16 @@ class Stitcher:
         """Add window ``(i, j)``'s score.
 
         Args:
-            score: ``float32 (h, w)`` foreground score in ``[0, 1]`` over the window.
+            score: ``float32 (h, w)`` foreground score in ``[0, 1]`` over the window, or ``(C, h, w)`` channels.
             valid: ``bool (h, w)``; invalid pixels come out False whatever the score. The last window to cover a
                 cell supplies its validity (all windows read the same pixels, so any one would do).
         """
         if (i, j) in self._added:
             raise InputError(f"window ({i}, {j}) was added twice")
         (r0, r1), (c0, c1) = self.grid.rows[i], self.grid.cols[j]
-        if score.shape != (r1 - r0, c1 - c0):
-            raise InputError(f"score of window ({i}, {j}) has shape {score.shape}, expected {(r1 - r0, c1 - c0)}")
+        if score.shape[-2:] != (r1 - r0, c1 - c0) or score.ndim not in (2, 3):
+            raise InputError(f"score of window ({i}, {j}) has shape {score.shape}, expected {(r1 - r0, c1 - c0)} "
+                             "or (channels, height, width)")
         self._added.add((i, j))
         wy, wx = self._y.weights[i], self._x.weights[j]
         for a in self._y.cells_of[i]:
@@ -155,7 +166,7 @@ class Stitcher:
             for b in self._x.cells_of[j]:
                 x0, x1 = self._x.cells[b]
                 key = (a, b)
-                part = score[y0 - r0 : y1 - r0, x0 - c0 : x1 - c0] * wy[y0 - r0 : y1 - r0, None]
+                part = score[..., y0 - r0 : y1 - r0, x0 - c0 : x1 - c0] * wy[y0 - r0 : y1 - r0, None]
                 part *= wx[None, x0 - c0 : x1 - c0]
                 if key in self._acc:
                     self._acc[key] += part
@@ -164,14 +175,17 @@ class Stitcher:
                     self._acc[key] = part
                     self._left[key] = self._y.cover[a] * self._x.cover[b] - 1
                 if self._left[key] == 0:
-                    mask = self._acc.pop(key) >= self.threshold
                     del self._left[key]
-                    if valid is not None:
-                        mask &= valid[y0 - r0 : y1 - r0, x0 - c0 : x1 - c0]
+                    cell_valid = None if valid is None else valid[y0 - r0 : y1 - r0, x0 - c0 : x1 - c0]
+                    mask = self.decide(self._acc.pop(key), cell_valid)
                     self.writer(y0, x0, mask)
                     self.pixels_written += mask.size
-                    self.foreground_pixels += int(mask.sum())
+                    self.foreground_pixels += int(np.count_nonzero(mask))
         self.peak_cells_bytes = max(self.peak_cells_bytes, sum(a.nbytes for a in self._acc.values()))
+
+    def _threshold(self, score: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
+        mask = score >= self.threshold
+        return mask if valid is None else mask & valid
 
     def close(self) -> None:
         """Check that every window was added and every pixel written."""
