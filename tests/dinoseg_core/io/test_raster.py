@@ -8,11 +8,18 @@ import rasterio
 import rasterio.shutil
 from rasterio.enums import Resampling
 
-from dinoseg_core.io import storage
 from dinoseg_core.errors import ImageDecodeError, InputError, ObjectNotFoundError
 from dinoseg_core.geo import geo_attrs
-from dinoseg_core.io import raster
-from dinoseg_core.io.raster import Window, gdal_env_options, open_raster, read_overview, read_reference, read_window, window_bounds_to_pixels
+from dinoseg_core.io import raster, storage
+from dinoseg_core.io.raster import (
+    Window,
+    gdal_env_options,
+    open_raster,
+    read_overview,
+    read_reference,
+    read_window,
+    window_bounds_to_pixels,
+)
 from tests.dinoseg_core.geo_data import TRANSFORM, band_stack, write_geotiff
 
 
