@@ -142,8 +142,10 @@ def _argument(hint: Any) -> dict[str, Any]:
         return {"action": argparse.BooleanOptionalAction}
     if origin is Literal:
         return {"choices": typing.get_args(hint)}
-    if origin in (tuple, list):
+    if origin is tuple:
         return {"nargs": "+", "type": typing.get_args(hint)[0]}
+    if origin is list:  # repeatable: --allow-reference-url A --allow-reference-url B
+        return {"action": "append", "type": typing.get_args(hint)[0]}
     if hint is dict or origin is dict:
         return {"type": _json_object, "metavar": "JSON"}
     if hint in (int, float, str):
@@ -165,16 +167,20 @@ def add_options(parser: argparse.ArgumentParser, source: type, title: str, *, pr
     """One ``--<prefix><field>`` option per field of ``source`` (a config dataclass or a pydantic model), in an
     argument group ``title``: ``svd_components`` -> ``--svd-components``; bool -> ``--x/--no-x``, Literal ->
     choices, tuple -> one or more values, dict -> a JSON object. Every option defaults to None (not given), so
-    :func:`given_options` returns only what the user typed and the config's own default stays the only one."""
+    :func:`given_options` returns only what the user typed and the config's own default stays the only one.
+    A list field is a repeatable option named in the singular (``allow_reference_urls`` ->
+    ``--allow-reference-url A --allow-reference-url B``; the plural is accepted too)."""
     group = parser.add_argument_group(title)
     for name, hint, default, help_text in _selected(source, exclude, only):
         shown = ", ".join(map(str, default)) if isinstance(default, tuple) else default
         if default is not None:  # a None default is explained by the help text ("None: cuda if available")
             help_text = f"{help_text} (default: {shown})"
-        group.add_argument(
-            "--" + prefix + name.replace("_", "-"), dest=_dest(prefix, name), default=None,
-            help=help_text.replace("%", "%%"), **_argument(hint),
-        )
+        keywords = _argument(hint)
+        flags = ["--" + prefix + name.replace("_", "-")]
+        if keywords.get("action") == "append" and name.endswith("s"):
+            flags.insert(0, flags[0][:-1])
+        group.add_argument(*flags, dest=_dest(prefix, name), default=None, help=help_text.replace("%", "%%"),
+                           **keywords)
 
 
 def given_options(args: argparse.Namespace, source: type, *, prefix: str = "", exclude: Iterable[str] = (),

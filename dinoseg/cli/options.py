@@ -87,7 +87,9 @@ def validated(model: type, given: dict[str, Any], prefix: str = "") -> Any:
         for error in exc.errors():
             name = str(error["loc"][0]) if error["loc"] else ""
             flag = "--" + prefix + name.replace("_", "-")
-            problems.append(f"{flag} {given.get(name)!r}: {error['msg']}" if name in given else error["msg"])
+            value = given.get(name)
+            shown = "" if isinstance(value, dict) else f" {value!r}"  # a JSON object may hold secrets: not echoed
+            problems.append(f"{flag}{shown}: {error['msg']}" if name in given else error["msg"])
         raise InputError("; ".join(problems)) from None
 
 
