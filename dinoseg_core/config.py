@@ -263,8 +263,28 @@ class SceneConfig(ConfigBase):
     threshold: float = field(
         default=0.5, metadata={"help": "stitched foreground score at or above which a pixel is in the mask"}
     )
+    radiometry: str = field(
+        default="scene-percentile",
+        metadata={"help": "how raster values become the model's 0..1 input (8-bit data is used as is unless fixed or "
+                  "scale): scene-percentile (each scene's own 2-98% stretch), collection-percentile (one stretch "
+                  "for the whole collection, kept in the archive for later runs), fixed:LOW,HIGH (or "
+                  "LOW,HIGH;LOW,HIGH;LOW,HIGH per band), scale:FACTOR[,OFFSET], none (8-bit only)"},
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Field name -> value, JSON-ready. The default ``radiometry`` is left out, so that a default config's dict
+        (and the config digest of masks labelled before radiometry was a choice) is unchanged; :meth:`from_dict`
+        restores it."""
+        out = super().to_dict()
+        if out["radiometry"] == "scene-percentile":
+            del out["radiometry"]
+        return out
 
     def __post_init__(self) -> None:
+        from dinoseg_core.io.radiometry import Radiometry
+
+        # one spelling per radiometry ("FIXED:0,3000.0" is "fixed:0,3000"), so that equal choices digest equally
+        object.__setattr__(self, "radiometry", str(Radiometry.parse(self.radiometry)))
         for name in ("window_size", "context_size"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 16):
