@@ -43,18 +43,22 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from dinoseg_core.io import storage
 from dinoseg_core.errors import ImageDecodeError, InputError
+from dinoseg_core.io import storage
 
 __all__ = [
     "MAX_IMAGE_PIXELS",
     "PALETTE",
+    "TILE_PIXELS_FACTOR",
+    "ImageTooLargeError",
     "contrast_color",
     "decode_image",
     "decode_mask",
+    "decode_tile",
     "encode_png_mask",
     "encode_png_rgb",
     "legend",
+    "max_tile_pixels",
     "overlay",
     "read_image",
     "read_mask",
@@ -65,16 +69,20 @@ __all__ = [
 MAX_IMAGE_PIXELS: int = 2**30
 """Largest image (width * height) this module decodes; larger ones raise :class:`ImageDecodeError`."""
 
+TILE_PIXELS_FACTOR: int = 256
+"""A tile may have this many times the pixels of the backbone's square input (:func:`max_tile_pixels`)."""
+
 
 
 #: Extensions of rasters read through rasterio (GeoTIFF/COG and friends) rather than Pillow.
 RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt")
 
-def _raise_pillow_limit() -> None:
+def _raise_pillow_limit(limit: int | None = None) -> None:
     # Pillow errors above 2x its limit and warns above 1x; we check our own limit first, so Pillow's must not be
     # lower. Called again at each decode in case MAX_IMAGE_PIXELS was raised after import.
-    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < MAX_IMAGE_PIXELS:
-        Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+    limit = max(MAX_IMAGE_PIXELS, limit or 0)
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < limit:
+        Image.MAX_IMAGE_PIXELS = limit
 
 
 _raise_pillow_limit()
@@ -82,35 +90,83 @@ _raise_pillow_limit()
 _SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N"}
 
 
-def _open(data: bytes | bytearray | memoryview, name: str) -> Image.Image:
-    """Open, size-check, fully decode and orient an image; every failure becomes ImageDecodeError naming ``name``."""
+class ImageTooLargeError(ImageDecodeError):
+    """An image's header declares more pixels than may be decoded (checked before anything is decoded)."""
+
+
+def max_tile_pixels(input_side: int | None = None, max_pixels: int | None = None) -> int:
+    """The most pixels a tile may have: ``max_pixels`` when given, else :data:`TILE_PIXELS_FACTOR` times the
+    backbone's ``input_side`` squared (a side 16 times the model's; 2**26 at 512 px), capped by
+    :data:`MAX_IMAGE_PIXELS`; with neither, :data:`MAX_IMAGE_PIXELS`."""
+    if max_pixels is not None:
+        if int(max_pixels) < 1:
+            raise InputError(f"max_image_pixels={max_pixels}: give a number of pixels of at least 1")
+        return int(max_pixels)
+    if input_side is None:
+        return MAX_IMAGE_PIXELS
+    return min(MAX_IMAGE_PIXELS, TILE_PIXELS_FACTOR * int(input_side) ** 2)
+
+
+def _too_large(name: str, width: int, height: int, limit: int, why: str) -> ImageTooLargeError:
+    return ImageTooLargeError(
+        f"{name}: {width}x{height} = {width * height:,} pixels, more than the {limit:,} allowed ({why}); nothing "
+        "was decoded. Raise the run option max_image_pixels (--max-image-pixels) if memory allows (a tile needs "
+        "about 4 bytes per pixel while it is decoded), cut the image into tiles, or give it as a GeoTIFF/COG, "
+        "which is read window by window."
+    )
+
+
+def _reducible(img: Image.Image) -> Image.Image:
+    """``img`` in a mode :meth:`PIL.Image.Image.reduce` averages correctly, with what :func:`_to_rgb` reads
+    kept: palettes become their colours, ``1`` grey levels, 16-bit ``I`` (still integers, read / 65535)."""
+    mode = img.mode
+    if mode in ("L", "LA", "RGB", "RGBA", "I", "F"):
+        return img
+    if mode == "1":
+        return img.convert("L")
+    if mode in _SIXTEEN_BIT:
+        return img.convert("I")
+    if mode in ("P", "PA") and ("transparency" in img.info or mode == "PA"):
+        return img.convert("RGBA")
+    return img.convert("RGB")
+
+
+def _open(data: bytes | bytearray | memoryview, name: str, *, limit: int | None = None,
+          limit_why: str = "dinoseg_core.io.imageio.MAX_IMAGE_PIXELS", fit_side: int | None = None
+          ) -> tuple[Image.Image, tuple[int, int]]:
+    """Open, size-check (from the header), fully decode and orient an image: ``(image, (H, W) of the file,
+    oriented)``; every failure becomes ImageDecodeError naming ``name``. ``fit_side``: decode an image whose
+    shorter side is 2x this or more reduced by a whole factor, keeping the shorter side >= ``fit_side`` (JPEG:
+    in the decoder)."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise ImageDecodeError(f"{name}: expected the image file's bytes, got {type(data).__name__}.")
     if len(data) == 0:
         raise ImageDecodeError(f"{name}: the file is empty (0 bytes); re-export or re-download it.")
-    _raise_pillow_limit()
+    limit = MAX_IMAGE_PIXELS if limit is None else limit
+    _raise_pillow_limit(limit)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(bytes(data)))
+            img = Image.open(io.BytesIO(data))
             width, height = img.size
-            if width * height > MAX_IMAGE_PIXELS:
-                raise ImageDecodeError(
-                    f"{name}: {width}x{height} = {width * height} pixels exceeds the limit of {MAX_IMAGE_PIXELS} "
-                    "(dinoseg_core.io.imageio.MAX_IMAGE_PIXELS). Tile the scene, or raise the limit if memory allows "
-                    "(decoding needs 12 bytes per pixel)."
-                )
+            if width * height > limit:
+                raise _too_large(name, width, height, limit, limit_why)
             if width == 0 or height == 0:
                 raise ImageDecodeError(f"{name}: the image has no pixels ({width}x{height}).")
             img.seek(0)
+            factor = min(width, height) // fit_side if fit_side else 1
+            if factor >= 2 and img.format == "JPEG":
+                img.draft(None, (fit_side, fit_side))  # DCT scaling: 1/2, 1/4 or 1/8 of the pixels are decoded
             img.load()  # decode now, so truncation is caught here and not later
+            factor = min(img.size) // fit_side if fit_side else 1
+            if factor >= 2:
+                img = _reducible(img).reduce(factor)  # box average of factor x factor blocks, before any float copy
     except ImageDecodeError:
         raise
     except UnidentifiedImageError as exc:
-        head = bytes(data[:16])
         raise ImageDecodeError(
-            f"{name}: not an image Pillow can read ({len(data)} bytes starting {head!r}). "
-            "Supported: PNG, JPEG, TIFF and the other formats Pillow reads."
+            f"{name}: not an image Pillow can read ({len(data):,} bytes; expected PNG, JPEG, TIFF or another "
+            "format Pillow reads). Check that the file is the image you meant."
         ) from exc
     except Image.DecompressionBombError as exc:
         raise ImageDecodeError(
@@ -124,8 +180,10 @@ def _open(data: bytes | bytearray | memoryview, name: str) -> Image.Image:
         oriented = ImageOps.exif_transpose(img)
     except Exception as exc:  # a broken EXIF block should not make a good image unreadable
         warnings.warn(f"{name}: ignoring unreadable EXIF orientation ({type(exc).__name__}: {exc})", stacklevel=3)
-        return img
-    return oriented if oriented is not None else img
+        oriented = None
+    if oriented is None or oriented.size == img.size:
+        return img if oriented is None else oriented, (height, width)
+    return oriented, (width, height)  # rotated a quarter turn
 
 
 def decode_image(data: bytes | bytearray | memoryview, name: str = "<bytes>") -> np.ndarray:
@@ -141,7 +199,34 @@ def decode_image(data: bytes | bytearray | memoryview, name: str = "<bytes>") ->
     Raises:
         ImageDecodeError: empty, truncated, corrupt or non-image bytes, or an image over :data:`MAX_IMAGE_PIXELS`.
     """
-    img = _open(data, name)
+    return _to_rgb(_open(data, name)[0], name)
+
+
+def decode_tile(data: bytes | bytearray | memoryview, name: str = "<bytes>", *, max_pixels: int | None = None,
+                input_side: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode a tile for a backbone that sees at most ``input_side`` pixels a side, in memory bounded by its
+    size: ``(float32 (h, w, 3) in [0, 1], (H, W) of the file)``.
+
+    The pixel count is checked from the header before anything is decoded (:func:`max_tile_pixels`). A tile
+    whose shorter side is at least twice ``input_side`` is decoded reduced by a whole factor (JPEG: by the
+    decoder's DCT scaling; others: 8-bit, or 32-bit for 16-bit files, then a box average), so that its shorter
+    side stays >= ``input_side`` and the backbone's own resize does the rest; a float32 copy exists only at that
+    size. Smaller tiles decode exactly as :func:`decode_image`. Masks made on ``h, w`` are resized to ``H, W``
+    by the caller.
+
+    Raises:
+        ImageTooLargeError: more pixels than allowed; the message names ``name``, its size and the option to raise.
+        ImageDecodeError: as :func:`decode_image`.
+    """
+    limit = max_tile_pixels(input_side, max_pixels)
+    why = ("the run option max_image_pixels" if max_pixels is not None else
+           f"{TILE_PIXELS_FACTOR} x the backbone's {input_side}x{input_side} input" if input_side else
+           "dinoseg_core.io.imageio.MAX_IMAGE_PIXELS")
+    img, source_hw = _open(data, name, limit=limit, limit_why=why, fit_side=input_side)
+    return _to_rgb(img, name), source_hw
+
+
+def _to_rgb(img: Image.Image, name: str) -> np.ndarray:
     mode = img.mode
     try:
         if mode in _SIXTEEN_BIT:
@@ -177,7 +262,7 @@ def decode_mask(data: bytes | bytearray | memoryview, name: str = "<bytes>") -> 
     Raises:
         ImageDecodeError: empty, truncated, corrupt or non-image bytes.
     """
-    img = _open(data, name)
+    img = _open(data, name)[0]
     mode = img.mode
     try:
         if mode in ("1", "L", "P", "I", "F") or mode in _SIXTEEN_BIT:

@@ -29,6 +29,11 @@ Relative URIs resolve against the folder holding the manifest, so a folder with 
 be copied to a bucket unchanged. Full URLs (``s3://...``) are kept; absolute paths (``/data/a.png``) are allowed
 in local manifests only.
 
+References stay within the manifest's own filesystem: the same protocol and, for a remote manifest, the same
+bucket or host (a local manifest may name any local file). Anything else, e.g. ``file:///etc/passwd`` in a
+manifest on S3 or ``s3://other-bucket/b.tif``, is refused before anything is read, unless it starts with one of
+the URL prefixes given as ``allow_reference_urls`` (the run option of that name, ``--allow-reference-url``).
+
 The reference-set hash (:func:`concept_hash`, :func:`manifest_hash`) covers concept names, the sha256 of every
 reference image and mask *content*, and the effective config overrides; not the URIs. Moving the folder keeps
 it; editing a mask, reordering references, or changing an override changes it. Masks in the archive record the
@@ -43,17 +48,18 @@ import json
 import os
 import posixpath
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Annotated, Any
+from urllib.parse import unquote
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
-from dinoseg_core.io import storage
 from dinoseg_core.config import InsidConfig, MethodOptions
 from dinoseg_core.errors import InputError
+from dinoseg_core.io import storage
 
 __all__ = [
     "MANIFEST_VERSION",
@@ -64,6 +70,7 @@ __all__ = [
     "load_manifest",
     "manifest_hash",
     "parse_manifest",
+    "check_reference_origin",
     "reference_content_hashes",
     "resolve_uri",
 ]
@@ -312,8 +319,10 @@ def _decode(data: bytes | str, url: str) -> Any:
     shown = storage.display_url(url)
     try:
         text = data.decode("utf-8-sig") if isinstance(data, (bytes, bytearray)) else data
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{shown}: a manifest must be UTF-8 text ({exc})") from exc
+    except UnicodeDecodeError as exc:  # the position only: an error never shows the file's bytes
+        raise InputError(
+            f"{shown}: a manifest must be UTF-8 text (YAML or JSON); byte {exc.start:,} of {len(data):,} is not"
+        ) from None
     is_json = url.split("?", 1)[0].lower().endswith(".json")
     try:
         if is_json:
@@ -373,9 +382,60 @@ def resolve_uri(manifest_url: str, ref: str) -> str:
     return f"{chain}{proto}://{joined}" if proto else joined
 
 
-def parse_manifest(data: bytes | str | Mapping[str, Any], url: str) -> ReferenceManifest:
+_LOCAL = ("", "file", "local")
+_SAME_PROTOCOL = {"s3a": "s3", "gcs": "gs", "abfss": "abfs", "az": "abfs", "https": "http", "local": "file", "": "file"}
+
+
+def _origin(url: str) -> tuple[str, str]:
+    """(protocol, bucket or host) of ``url``'s innermost filesystem; ``("file", "")`` for local paths."""
+    inner = url.rpartition("::")[2]
+    proto, sep, path = inner.partition("://")
+    proto = _SAME_PROTOCOL.get(proto.lower() if sep else "", proto.lower() if sep else "")
+    if proto == "file":
+        return proto, ""
+    return proto, path.split("/", 1)[0].lower()
+
+
+def _within(url: str, prefix: str) -> bool:
+    """Whether ``url`` is ``prefix`` or below it, on a path boundary (``s3://b`` does not cover ``s3://b-2``)."""
+    def norm(text: str) -> str:
+        if "://" not in text and "::" not in text:
+            return os.path.abspath(text)
+        return text[len("file://"):] if text.startswith("file://") else text
+
+    url, prefix = norm(url), norm(prefix)
+    return url == prefix.rstrip("/") or url.startswith(prefix if prefix.endswith("/") else prefix + "/")
+
+
+def _dot_segments(url: str) -> bool:
+    path = unquote(url.rpartition("::")[2].partition("://")[2] or url)
+    return any(part in (".", "..") for part in path.replace("\\", "/").split("/")[1:])
+
+
+def check_reference_origin(manifest_url: str, ref_url: str, allow_reference_urls: Sequence[str] = ()) -> None:
+    """Refuse a (resolved) reference outside the manifest's own filesystem: another protocol, or for a remote
+    manifest another bucket or host, unless ``ref_url`` starts with one of ``allow_reference_urls``. Nothing is
+    read. Raises :class:`InputError` naming the reference and the option that would allow it."""
+    if any(_within(ref_url, prefix) for prefix in allow_reference_urls or ()):
+        if _dot_segments(ref_url):
+            raise InputError(f"{storage.display_url(ref_url)}: '.' and '..' segments are not allowed in a full URL")
+        return
+    home, other = _origin(manifest_url), _origin(ref_url)
+    if other == home and not (other[0] != "file" and _dot_segments(ref_url)):
+        return
+    where = "this machine's files" if home[0] == "file" else f"{home[0]}://{home[1]}"
+    raise InputError(
+        f"{storage.display_url(ref_url)} is outside the manifest's own storage ({where}); a manifest's references "
+        "must stay there, and nothing was read. To allow it, give its URL prefix as the run option "
+        "allow_reference_urls (--allow-reference-url PREFIX, repeatable)"
+    )
+
+
+def parse_manifest(data: bytes | str | Mapping[str, Any], url: str,
+                   allow_reference_urls: Sequence[str] = ()) -> ReferenceManifest:
     """Validate manifest content (bytes/text of a YAML or JSON file, or an already-parsed dict) read from
-    ``url``; relative URIs resolve against ``url``'s folder. See the module docstring for the format."""
+    ``url``; relative URIs resolve against ``url``'s folder, and every reference must pass
+    :func:`check_reference_origin`. See the module docstring for the format."""
     shown = storage.display_url(url)
     doc = data if isinstance(data, Mapping) else _decode(data, url)
     if not isinstance(doc, Mapping):
@@ -412,6 +472,8 @@ def parse_manifest(data: bytes | str | Mapping[str, Any], url: str) -> Reference
         for i, ref in enumerate(concept.references):
             try:
                 pair = ReferencePair(resolve_uri(url, ref.image), resolve_uri(url, ref.mask))
+                for resolved in (pair.image_url, pair.mask_url):
+                    check_reference_origin(url, resolved, allow_reference_urls)
             except InputError as exc:
                 problems.append(f"concepts.{name}.references[{i}]: {exc}")
                 continue
@@ -426,8 +488,10 @@ def parse_manifest(data: bytes | str | Mapping[str, Any], url: str) -> Reference
     )
 
 
-def load_manifest(url: str, storage_options: dict[str, Any] | None = None) -> ReferenceManifest:
-    """Read and validate the manifest at ``url`` (local path or fsspec URL).
+def load_manifest(url: str, storage_options: dict[str, Any] | None = None,
+                  allow_reference_urls: Sequence[str] = ()) -> ReferenceManifest:
+    """Read and validate the manifest at ``url`` (local path or fsspec URL); references outside its own
+    filesystem are refused unless they start with one of ``allow_reference_urls`` (:func:`check_reference_origin`).
 
     Raises:
         InputError: the content is not a valid manifest; the message names every bad field path.
@@ -436,7 +500,7 @@ def load_manifest(url: str, storage_options: dict[str, Any] | None = None) -> Re
     url = str(os.fspath(url)).strip()
     if url and "://" not in url and "::" not in url:
         url = os.path.abspath(url)
-    return parse_manifest(storage.read_bytes(url, storage_options), url)
+    return parse_manifest(storage.read_bytes(url, storage_options), url, allow_reference_urls)
 
 
 # -------------------------------------------------------------------------------------------------- hashing

@@ -239,3 +239,77 @@ def test_manifest_on_s3_resolves_against_the_bucket(s3_server, tmp_path):
     local_manifest = load_manifest(local)
     assert manifest_hash(remote, reference_content_hashes(remote, so)) == manifest_hash(
         local_manifest, reference_content_hashes(local_manifest))
+
+
+# ------------------------------------------------------------------ references stay within the manifest's storage
+def _one_reference(image: str, mask: str = "refs/m.png") -> str:
+    return f"concepts:\n  roof:\n    references:\n      - {{image: '{image}', mask: '{mask}'}}\n"
+
+
+@pytest.mark.parametrize("manifest_url, image", [
+    ("s3://lake/refs.yaml", "file:///etc/passwd"),
+    ("s3://lake/refs.yaml", "s3://lake-2/a.png"),           # a bucket whose name starts like the manifest's
+    ("s3://lake/refs.yaml", "gs://lake/a.png"),
+    ("s3://lake/refs.yaml", "s3://lake/../other/a.png"),     # a full URL climbing out of the bucket
+    ("s3://lake/refs.yaml", "s3://lake/%2e%2e/other/a.png"),
+    ("https://host.example/refs.yaml", "https://evil.example/a.png"),
+    ("https://host.example/refs.yaml", "file:///home/user/.aws/credentials"),
+    ("/data/refs.yaml", "s3://lake/a.png"),                   # same protocol only, local -> remote too
+])
+def test_references_outside_the_manifests_storage_are_refused(manifest_url, image):
+    with pytest.raises(InputError) as err:
+        parse_manifest(_one_reference(image), manifest_url)
+    message = str(err.value)
+    assert "concepts.roof.references[0]" in message and "outside the manifest's own storage" in message
+    assert "--allow-reference-url" in message
+
+
+@pytest.mark.parametrize("manifest_url, image, allow, resolved", [
+    ("s3://lake/refs.yaml", "s3://lake/x/a.png", (), "s3://lake/x/a.png"),
+    ("s3://lake/refs.yaml", "s3a://lake/x/a.png", (), "s3a://lake/x/a.png"),
+    ("s3://lake/p/refs.yaml", "../a.png", (), "s3://lake/a.png"),
+    ("/data/refs.yaml", "/elsewhere/a.png", (), "/elsewhere/a.png"),       # a local manifest names local files
+    ("/data/refs.yaml", "file:///elsewhere/a.png", (), "file:///elsewhere/a.png"),
+    ("s3://lake/refs.yaml", "s3://other/refs/a.png", ("s3://other/refs/",), "s3://other/refs/a.png"),
+    ("s3://lake/refs.yaml", "s3://other/refs/a.png", ("s3://other/refs",), "s3://other/refs/a.png"),
+    ("s3://lake/refs.yaml", "file:///srv/refs/a.png", ("/srv/refs",), "file:///srv/refs/a.png"),
+])
+def test_references_within_the_storage_or_an_allowed_prefix(manifest_url, image, allow, resolved):
+    manifest = parse_manifest(_one_reference(image), manifest_url, allow_reference_urls=allow)
+    assert manifest.concepts["roof"].references[0].image_url == resolved
+
+
+@pytest.mark.parametrize("image, allow", [
+    ("s3://other/refs2/a.png", ("s3://other/refs",)),          # a prefix covers whole path segments only
+    ("s3://other/refs/../secret/a.png", ("s3://other/refs/",)),
+    ("file:///etc/passwd", ("s3://other/",)),
+])
+def test_an_allowed_prefix_does_not_open_more(image, allow):
+    with pytest.raises(InputError):
+        parse_manifest(_one_reference(image), "s3://lake/refs.yaml", allow_reference_urls=allow)
+
+
+@pytest.mark.integration
+def test_manifest_on_s3_naming_a_local_file_is_refused_before_reading_it(s3_server, tmp_path):
+    """Refused while the manifest is parsed (no reference is read then), and no error shows the file's bytes."""
+    import s3fs
+
+    so = s3_server["storage_options"]
+    bucket = s3_server["make_bucket"]()
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(b"TOPSECRET-CONTENT-0123456789")
+    manifest = _one_reference(f"file://{secret}", f"file://{secret}.mask")
+    s3fs.S3FileSystem(**so).pipe(f"{bucket.removeprefix('s3://')}/refs.yaml", manifest.encode())
+    with pytest.raises(InputError) as err:
+        load_manifest(f"{bucket}/refs.yaml", storage_options=so)
+    assert "outside the manifest's own storage" in str(err.value) and "TOPSECRET" not in str(err.value)
+
+
+def test_undecodable_manifest_error_shows_no_bytes(tmp_path):
+    path = tmp_path / "refs.yaml"
+    path.write_bytes(b"concepts: \xff\xfeSECRET-BYTES")
+    with pytest.raises(InputError) as err:
+        load_manifest(str(path))
+    message = str(err.value)
+    assert "UTF-8" in message and "byte 10 of 24" in message
+    assert "SECRET" not in message and "xff" not in message
