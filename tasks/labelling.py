@@ -4,8 +4,14 @@ A job is (items of a source) x (a labeller) -> archive records. For each item th
 freshness rule (:func:`tasks.freshness.relabel_reason`), which concepts are out of date: first by its listing
 stamp (no read at all when everything is up to date), then by the sha256 of its bytes. Out-of-date tiles are
 decoded and handed to the labeller together (one backbone pass for the batch); a scene is handed over alone and
-read window by window. A bad item fails alone, with its reason; a transient storage error retries the batch, and
-what was already written is skipped on the retry.
+read window by window.
+
+Failures (docs/reliability.md) are per item, whatever their kind: a permanent one (not found, access denied, bad
+bytes) fails that item alone with its own reason; a transient one (throttling, HTTP 5xx, a dropped connection)
+retries that item alone, after the batch's other items are done, with backoff (:data:`tasks.retry.ITEM_RETRY_DELAYS`),
+and fails it alone when it persists; a fatal one (disk full) stops the batch at once and is raised with the batch's
+outcomes so far (:class:`BatchStopped`), and the run stops. Only what fails for the whole batch (the archive or the
+model cannot be opened) leaves the task, to be retried by Prefect when transient.
 
 A labeller (:class:`Labeller`) is a small picklable value that knows its concepts, what each concept's masks depend
 on (:class:`~tasks.freshness.MethodStamp`) and how to segment and write them; its heavy objects (models, embedded
@@ -16,6 +22,7 @@ references) live in the worker process (:mod:`tasks.runtime`). Two exist: an INS
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -26,16 +33,20 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from dinoseg_core.errors import InputError, ObjectNotFoundError
+from dinoseg_core.errors import InputError, OutOfSpaceError, PermanentStorageError
 from dinoseg_core.io import imageio, storage
 from dinoseg_core.io.archive import MaskArchive, image_key
+from dinoseg_core.io.storage import failure_kind
+from tasks import retry
 from tasks.freshness import MethodStamp, relabel_reason
 from tasks.options import RunOptions
 from tasks.retry import STORAGE_RETRIES
 from tasks.sources import ItemKind, WorkItem
 
-#: Errors that belong to one item and will not go away on a retry.
-PERMANENT = (InputError, ObjectNotFoundError)
+_log = logging.getLogger(__name__)
+
+#: Errors that belong to one item and will not go away on a retry (a labeller fails that item alone with them).
+PERMANENT = (InputError, PermanentStorageError)
 #: Reader threads per batch (freshness checks, reads, hashes, decodes: I/O-bound, memory bounded by the batch).
 IO_THREADS = 8
 #: Bytes per read when hashing a scene (bounded memory for scenes of many GB).
@@ -105,48 +116,139 @@ class Labeller(Protocol):
         """Segment and write the concepts one scene needs, window by window; returns the concepts written."""
 
 
+class BatchStopped(OutOfSpaceError):
+    """A fatal storage failure (disk full, quota) stopped a batch. ``outcomes``: one per item of the batch, in
+    order: what was labelled or skipped before the stop, and ``not written`` for the rest; ``cause``: the error's
+    message. Not retried (:func:`tasks.retry.is_transient`); the run stops (:func:`flows.engine.run_jobs`)."""
+
+    def __init__(self, message: str, outcomes: list[ImageOutcome] | None = None):
+        super().__init__(message)
+        self.outcomes = list(outcomes or [])
+
+
 @task(name="label-batch", cache_policy=NO_CACHE, task_run_name="label-{items[0].url}+", **STORAGE_RETRIES)
 def label_batch(items: list[WorkItem], labeller: Labeller, job: LabelJob) -> list[ImageOutcome]:
-    """Label ``items`` with ``labeller`` into the job's archive; returns one outcome per item, in order."""
+    """Label ``items`` with ``labeller`` into the job's archive; returns one outcome per item, in order.
+
+    Raises:
+        BatchStopped: the storage is full: the batch stopped, with the outcomes so far.
+        Exception: what fails for the whole batch before any item (the archive cannot be opened).
+    """
     archive = MaskArchive.open(job.archive_url, job.run.storage_options, mode="a")
     outcomes: dict[str, ImageOutcome] = {}
+    first: dict[str, tuple[tuple[str, ...], float]] = {}  # url -> (concepts out of date at the first try, start)
+    queue, attempt = list(items), 1
+    try:
+        while queue:
+            again = _attempt(queue, labeller, archive, job, outcomes, first)
+            if not again:
+                break
+            if attempt > len(retry.ITEM_RETRY_DELAYS):
+                for item, exc in again:
+                    outcomes[item.url] = _failed(item.url, first.get(item.url, ((), time.perf_counter()))[1],
+                                                 f"{exc} (still failing after {attempt} attempts)")
+                break
+            delay = retry.ITEM_RETRY_DELAYS[attempt - 1]
+            _log.warning("%d item(s) met a transient storage failure; trying them again in %.0f s (first: %s)",
+                         len(again), delay, again[0][1])
+            time.sleep(delay)
+            queue, attempt = [item for item, _ in again], attempt + 1
+    except Exception as exc:
+        if failure_kind(exc) != "fatal":
+            raise
+        message = str(exc)
+        unwritten = "not written: the run stopped (the storage is full)"
+        done = [outcomes.get(item.url) or ImageOutcome(item.url, "failed", reason=unwritten) for item in items]
+        raise BatchStopped(message, done) from exc
+    return [outcomes[item.url] for item in items]
+
+
+def _attempt(queue: list[WorkItem], labeller: Labeller, archive: MaskArchive, job: LabelJob,
+             outcomes: dict[str, ImageOutcome], first: dict[str, tuple[tuple[str, ...], float]]
+             ) -> list[tuple[WorkItem, Exception]]:
+    """One try at every item of ``queue``: outcomes go into ``outcomes``; returns the items whose storage failed
+    transiently, with the error. A fatal error is raised."""
+    again: list[tuple[WorkItem, Exception]] = []
+
+    def settle(item: WorkItem, exc: Exception) -> None:
+        kind = failure_kind(exc)
+        if kind == "fatal":
+            raise exc
+        if kind == "transient":
+            again.append((item, exc))
+        else:
+            outcomes[item.url] = _failed(item.url, first.get(item.url, ((), time.perf_counter()))[1], exc)
+
     tiles: list[Pending] = []
     # freshness checks, reads, hashes and decodes are I/O-bound: the batch's items go through them at once
-    with ThreadPoolExecutor(max_workers=max(1, min(IO_THREADS, len(items)))) as pool:
-        checked = list(pool.map(lambda item: _check(item, labeller, archive, job), items))
-    for item, (pending, error, started) in zip(items, checked):
-        try:
-            if error is not None:
-                raise error
-            if pending is None:
-                outcomes[item.url] = ImageOutcome(item.url, "skipped", seconds=time.perf_counter() - started)
-            elif pending.image is None:
-                written = labeller.label_scene(pending, archive, job)
-                outcomes[item.url] = ImageOutcome(item.url, "labelled", written, time.perf_counter() - started)
-            else:
-                tiles.append(pending)
-        except PERMANENT as exc:
-            outcomes[item.url] = _failed(item.url, started, exc)
-    for tile, result in labeller.label_tiles(tiles, archive, job):
-        if isinstance(result, Exception):
-            outcomes[tile.url] = _failed(tile.url, tile.started, result)
+    with ThreadPoolExecutor(max_workers=max(1, min(IO_THREADS, len(queue)))) as pool:
+        checked = list(pool.map(lambda item: _check(item, labeller, archive, job), queue))
+    for item, (pending, error, started) in zip(queue, checked):
+        todo, began = first.get(item.url, ((), started))
+        first[item.url] = (todo or (pending.todo if pending is not None else ()), began)
+        if error is not None:
+            settle(item, error)
+        elif pending is None:  # up to date: written by an earlier try of this batch, or before
+            outcomes[item.url] = _done(item.url, first[item.url])
+        elif pending.image is None:
+            try:
+                labeller.label_scene(pending, archive, job)
+                outcomes[item.url] = _done(item.url, first[item.url])
+            except Exception as exc:
+                settle(item, exc)
         else:
-            outcomes[tile.url] = ImageOutcome(tile.url, "labelled", result, time.perf_counter() - tile.started)
-    return [outcomes[item.url] for item in items]
+            tiles.append(pending)
+    _label_tiles(tiles, labeller, archive, job, outcomes, first, settle)
+    return again
+
+
+def _label_tiles(tiles: list[Pending], labeller: Labeller, archive: MaskArchive, job: LabelJob,
+                 outcomes: dict[str, ImageOutcome], first: dict[str, tuple[tuple[str, ...], float]], settle) -> None:
+    """The tiles through the labeller together; if the labeller fails as a whole (an error not of one tile, e.g.
+    a write that fails), the tiles it did not report on go through it one by one, so that each fails (or not)
+    for its own reason."""
+    if not tiles:
+        return
+    reported: set[str] = set()
+    try:
+        for tile, result in labeller.label_tiles(tiles, archive, job):
+            reported.add(tile.url)
+            if isinstance(result, Exception):
+                settle(tile.item, result)
+            else:
+                outcomes[tile.url] = _done(tile.url, first[tile.url])
+    except Exception as exc:
+        rest = [t for t in tiles if t.url not in reported]
+        kind = failure_kind(exc)
+        if kind == "fatal":
+            raise
+        if len(rest) == 1 or kind == "transient":  # a transient failure: those tiles are tried again later
+            for tile in rest:
+                settle(tile.item, exc)
+            return
+        for tile in rest:
+            _label_tiles([tile], labeller, archive, job, outcomes, first, settle)
+
+
+def _done(url: str, first: tuple[tuple[str, ...], float]) -> ImageOutcome:
+    """``labelled`` with the concepts that were out of date at the first try (all written now), or ``skipped``."""
+    todo, started = first
+    if todo:
+        return ImageOutcome(url, "labelled", todo, time.perf_counter() - started)
+    return ImageOutcome(url, "skipped", seconds=time.perf_counter() - started)
 
 
 def _check(item: WorkItem, labeller: Labeller, archive: MaskArchive, job: LabelJob
            ) -> tuple[Pending | None, Exception | None, float]:
-    """:func:`_out_of_date` in a reader thread: a permanent error is returned for the item, a transient one
-    raised (the batch is retried)."""
+    """:func:`_out_of_date` in a reader thread; any error is returned for the item (the caller sorts it)."""
     started = time.perf_counter()
     try:
         return _out_of_date(item, labeller, archive, job, started), None, started
-    except PERMANENT as exc:
+    except Exception as exc:
         return None, exc, started
 
 
-def _failed(url: str, started: float, exc: Exception) -> ImageOutcome:
+def _failed(url: str, started: float, exc: Exception | str) -> ImageOutcome:
     return ImageOutcome(url, "failed", seconds=time.perf_counter() - started, reason=str(exc))
 
 
@@ -184,6 +286,6 @@ def object_sha256(url: str, storage_options: dict | None) -> str:
         with fs.open(path, "rb") as handle:
             while block := handle.read(HASH_BLOCK):
                 digest.update(block)
-    except FileNotFoundError as exc:
-        raise ObjectNotFoundError(f"Cannot read {storage.display_url(url)}: no such object") from exc
+    except Exception as exc:
+        raise storage.storage_error("read", url, exc) from exc
     return digest.hexdigest()

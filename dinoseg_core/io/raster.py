@@ -56,7 +56,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from dinoseg_core.errors import ImageDecodeError, InputError, MissingDependencyError, ObjectNotFoundError, StorageError
+from dinoseg_core.errors import ImageDecodeError, InputError, MissingDependencyError, ObjectNotFoundError
 from dinoseg_core.io import storage
 from dinoseg_core.io.radiometry import DEFAULT_PERCENTILES, DEFAULT_RADIOMETRY, EIGHT_BIT, Radiometry, percentile_ranges
 
@@ -282,15 +282,15 @@ def _open_dataset(url: str, storage_options: dict[str, Any] | None) -> Iterator[
 def _open_error(url: str, storage_options: dict[str, Any] | None, exc: Exception) -> Exception:
     shown = storage.display_url(url)
     text = str(exc)
-    if any(code in text for code in ("403", "Access Denied", "InvalidAccessKeyId", "SignatureDoesNotMatch")):
-        return StorageError(
-            f"Cannot open {shown}: access denied ({text}). Check the credentials in storage_options or the "
-            "environment."
-        )
+    answer = storage.gdal_storage_error("open", url, exc)  # the store's answer (403, 5xx, throttling), not the bytes
+    if answer is not None:
+        return answer
     try:
         present = storage.exists(url, storage_options)
-    except Exception:  # the check itself failed (no network, credentials): report what GDAL said
-        present = True
+    except Exception as check:  # the store answers the check with a failure that may pass: that is the cause
+        if storage.failure_kind(check) == "transient":
+            return check
+        present = True  # the check itself failed otherwise (credentials): report what GDAL said
     if not present:
         return ObjectNotFoundError(f"Cannot open {shown}: no such object. Check the path (and the bucket).")
     return ImageDecodeError(
@@ -509,7 +509,10 @@ def _as_window(window: Any, source: RasterSource) -> Window:
     return Window(col, row, width, height)
 
 
-def _read_error(source: RasterSource, what: str, exc: Exception) -> ImageDecodeError:
+def _read_error(source: RasterSource, what: str, exc: Exception) -> Exception:
+    answer = storage.gdal_storage_error(f"read {what} of", source.url, exc)
+    if answer is not None:  # the store's answer (403, 5xx, throttling), not the bytes
+        return answer
     cause = exc.__cause__ or exc.__context__
     detail = f"{exc}" + (f" ({cause})" if cause is not None and str(cause) not in str(exc) else "")
     return ImageDecodeError(
@@ -624,7 +627,8 @@ def read_reference(
         try:
             mask = mds.read(1, window=win) > 0
         except RasterioError as exc:
-            raise ImageDecodeError(f"{storage.display_url(mask_url)}: cannot read the mask: {exc}") from exc
+            raise (storage.gdal_storage_error("read the mask", mask_url, exc)
+                   or ImageDecodeError(f"{storage.display_url(mask_url)}: cannot read the mask: {exc}")) from exc
     mask &= valid
     if not mask.any():
         raise InputError(

@@ -7,35 +7,52 @@ when its package is installed. A missing backend package raises :class:`~dinoseg
 naming the ``pip install`` line.
 
 Errors: every failure is a :class:`~dinoseg_core.errors.StorageError` (an ``OSError``) whose message names the URL
-and the cause; a missing object is an :class:`~dinoseg_core.errors.ObjectNotFoundError`, which is also a
-``FileNotFoundError``. Messages never contain ``storage_options`` (credentials live there), and user:password
-parts of URLs are masked.
+and the cause, of the class its cause calls for (:func:`failure_kind`, docs/reliability.md): a missing object is an
+:class:`~dinoseg_core.errors.ObjectNotFoundError` (also a ``FileNotFoundError``), a refusal an
+:class:`~dinoseg_core.errors.AccessDeniedError` (also a ``PermissionError``), throttling, HTTP 5xx, dropped
+connections and time-outs a :class:`~dinoseg_core.errors.TransientStorageError`, a full disk or quota an
+:class:`~dinoseg_core.errors.OutOfSpaceError`. Messages never contain ``storage_options`` (credentials live
+there), and user:password parts of URLs are masked.
 
 This module knows nothing of images or of the method; see :mod:`dinoseg_core.io.imageio` for decoding.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import posixpath
 import re
 import uuid
-from typing import Any
+from typing import Any, Literal
 
 import fsspec
 from fsspec.core import split_protocol
 from fsspec.implementations.local import LocalFileSystem
 
-from dinoseg_core.errors import DinosegError, InputError, MissingDependencyError, ObjectNotFoundError, StorageError
+from dinoseg_core.errors import (
+    AccessDeniedError,
+    DinosegError,
+    InputError,
+    MissingDependencyError,
+    ObjectNotFoundError,
+    OutOfSpaceError,
+    PermanentStorageError,
+    StorageError,
+    TransientStorageError,
+)
 
 __all__ = [
     "display_url",
     "exists",
+    "failure_kind",
+    "gdal_storage_error",
     "glob",
     "join",
     "protocol",
     "read_bytes",
     "stem",
+    "storage_error",
     "url_to_fs",
     "write_bytes",
 ]
@@ -111,15 +128,15 @@ def url_to_fs(
         raise MissingDependencyError(package, f"Accessing {proto}:// URLs ({display_url(url)})", pip_name) from exc
     except ValueError as exc:
         if "Protocol not known" in str(exc):
-            raise StorageError(
+            raise PermanentStorageError(
                 f"Unknown storage protocol '{protocol(url)}' in {display_url(url)}. Use a local path, file://, "
                 "memory://, s3:// or another protocol fsspec supports."
             ) from exc
-        raise StorageError(f"Cannot open a filesystem for {display_url(url)}: {_cause(exc)}") from exc
+        raise PermanentStorageError(f"Cannot open a filesystem for {display_url(url)}: {_cause(exc)}") from exc
     except DinosegError:
         raise
     except Exception as exc:  # a backend rejecting storage_options, e.g. a bad endpoint URL
-        raise StorageError(f"Cannot open a filesystem for {display_url(url)}: {_cause(exc)}") from exc
+        raise PermanentStorageError(f"Cannot open a filesystem for {display_url(url)}: {_cause(exc)}") from exc
 
 
 def _cause(exc: BaseException) -> str:
@@ -127,25 +144,178 @@ def _cause(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _storage_error(action: str, url: str, exc: BaseException) -> StorageError:
-    """Translate a backend exception into our hierarchy, keeping FileNotFoundError semantics."""
+# --- what kind of failure: permanent, transient or fatal (docs/reliability.md) ---------------------------------
+
+FailureKind = Literal["permanent", "transient", "fatal"]
+
+#: errno values of a full disk, a quota, a file or object too large (s3fs maps S3's EntityTooLarge to EMSGSIZE).
+_FULL_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EMSGSIZE, *((errno.EDQUOT,) if hasattr(errno, "EDQUOT") else ())}
+#: errno values of a busy or failing service and of a broken connection (s3fs maps SlowDown/503 to EBUSY and
+#: InternalError/500 to EREMOTEIO).
+_PASSING_ERRNOS = {
+    getattr(errno, name) for name in (
+        "EBUSY", "EREMOTEIO", "EAGAIN", "ETIMEDOUT", "ECONNRESET", "ECONNREFUSED", "ECONNABORTED", "EPIPE",
+        "ENETDOWN", "ENETUNREACH", "ENETRESET", "EHOSTUNREACH", "EHOSTDOWN", "ESHUTDOWN",
+    ) if hasattr(errno, name)
+}
+#: S3 (and S3-like) error codes.
+_THROTTLE_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests",
+                   "RequestThrottled", "ServiceUnavailable", "InternalError", "RequestTimeout", "OperationAborted",
+                   "RequestTimeTooSkewed"}
+_FULL_CODES = {"EntityTooLarge", "QuotaExceeded", "XMinioStorageFull", "InsufficientStorage",
+               "StorageQuotaExceeded"}
+#: Exception classes (by name, anywhere in the class's MRO) of dropped connections and time-outs in the HTTP
+#: stacks under fsspec: botocore (HTTPClientError: EndpointConnectionError, ConnectionClosedError, Read/Connect
+#: timeouts), aiohttp, httpx/urllib3, fsspec's own FSTimeoutError.
+_PASSING_CLASSES = {"HTTPClientError", "ClientConnectionError", "ClientPayloadError", "ServerDisconnectedError",
+                    "ServerTimeoutError", "IncompleteReadError", "ResponseStreamingError", "ProtocolError",
+                    "ConnectionClosedError", "EndpointConnectionError", "ReadTimeoutError", "ConnectTimeoutError",
+                    "FSTimeoutError", "TimeoutException", "NetworkError", "RemoteProtocolError"}
+#: What GDAL/curl (and stores answering in prose) say, for errors that carry no status or errno: the first match
+#: in this order wins.
+_MESSAGE_KINDS: tuple[tuple[re.Pattern[str], FailureKind], ...] = (
+    (re.compile(r"no space left|disk quota|quota exceeded|EntityTooLarge|StorageFull|insufficient storage|"
+                r"file too large|HTTP (?:response|error) code:? ?507", re.I), "fatal"),
+    (re.compile(r"reduce your request rate|SlowDown|too many requests|throttl|service ?unavailable|"
+                r"internal ?error|bad gateway|gateway time-?out|HTTP (?:response|error) code:? ?(?:429|5\d\d)|"
+                r"curl error|timed? ?out|connection (?:reset|refused|aborted|closed)|could not resolve|"
+                r"recv failure|send failure|empty reply|failed to connect|broken pipe|please try again", re.I),
+     "transient"),
+    (re.compile(r"HTTP (?:response|error) code:? ?4\d\d|access ?denied|forbidden|InvalidAccessKeyId|"
+                r"SignatureDoesNotMatch|ExpiredToken|NoSuchKey|NoSuchBucket", re.I), "permanent"),
+)
+
+
+def failure_kind(exc: BaseException) -> FailureKind:
+    """What kind of storage failure ``exc`` is: ``"permanent"`` (not found, access denied, bad input: the same
+    request fails again), ``"transient"`` (throttling, HTTP 5xx, dropped connections, time-outs: worth retrying)
+    or ``"fatal"`` (no space, quota, object too large: no later write succeeds either).
+
+    The classes of :mod:`dinoseg_core.errors` answer for themselves; otherwise the exception and its causes are
+    read: OS errno, HTTP status and S3 error code (botocore, aiohttp), the HTTP client's exception classes, and
+    last what GDAL/curl wrote in the message. What none of these recognise is permanent: it is not retried.
+    """
+    chain = _chain(exc)
+    for link in chain:
+        kind = _kind_of(link)
+        if kind is not None:
+            return kind
+    text = " | ".join(str(link) for link in chain)
+    for pattern, kind in _MESSAGE_KINDS:
+        if pattern.search(text):
+            return kind
+    return "permanent"
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and its causes (explicit first), without cycles."""
+    out: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and len(out) < 16 and all(current is not seen for seen in out):
+        out.append(current)
+        current = current.__cause__ or current.__context__
+    return out
+
+
+def _kind_of(exc: BaseException) -> FailureKind | None:
+    """The kind one exception states by its class, errno or HTTP status; None when it states none."""
+    if isinstance(exc, OutOfSpaceError):
+        return "fatal"
+    if isinstance(exc, TransientStorageError):
+        return "transient"
+    if isinstance(exc, (PermanentStorageError, InputError)):
+        return "permanent"
+    response = getattr(exc, "response", None)  # botocore ClientError
+    if isinstance(response, dict) and isinstance(response.get("Error"), dict):
+        code = str(response["Error"].get("Code") or "")
+        status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+        return _http_kind(int(status) if str(status).isdigit() else (int(code) if code.isdigit() else None), code)
+    status = getattr(exc, "status", None)  # aiohttp ClientResponseError (fsspec's http://)
+    if isinstance(status, int) and 400 <= status < 600 and type(exc).__name__ == "ClientResponseError":
+        return _http_kind(status, "")
+    if isinstance(exc, OSError) and exc.errno is not None:
+        if exc.errno in _FULL_ERRNOS:
+            return "fatal"
+        if exc.errno in _PASSING_ERRNOS:
+            return "transient"
+    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+        return "permanent"
+    if isinstance(exc, (TimeoutError, ConnectionError)):
+        return "transient"
+    if any(cls.__name__ in _PASSING_CLASSES for cls in type(exc).__mro__):
+        return "transient"
+    return None
+
+
+def _http_kind(status: int | None, code: str) -> FailureKind | None:
+    if code in _FULL_CODES or status == 507:
+        return "fatal"
+    if code in _THROTTLE_CODES or status in (408, 429) or (status is not None and status >= 500):
+        return "transient"
+    if status is not None and 400 <= status < 500:
+        return "permanent"
+    return None
+
+
+def storage_error(action: str, url: Any, exc: BaseException) -> StorageError:
+    """``exc``, met while trying to ``action`` (read, write, list, ...) ``url``, as the dinoseg error of its kind
+    (:func:`failure_kind`), naming the URL and the cause; a classified dinoseg storage error is returned as it is,
+    a plain :class:`StorageError` keeps its message and gets its class. Raise it ``from exc``."""
+    if isinstance(exc, StorageError) and type(exc) is not StorageError:
+        return exc
     shown = display_url(url)
-    if isinstance(exc, FileNotFoundError):
-        if action == "write":
-            err: StorageError = ObjectNotFoundError(
-                f"Cannot write {shown}: its bucket or parent location does not exist ({_cause(exc)})"
-            )
-        else:
-            err = ObjectNotFoundError(f"Cannot {action} {shown}: no such object ({_cause(exc)})")
-    elif isinstance(exc, IsADirectoryError):
-        err = StorageError(f"Cannot {action} {shown}: it is a directory, not an object")
-    elif isinstance(exc, PermissionError):
-        err = StorageError(f"Cannot {action} {shown}: permission denied ({_cause(exc)}). Check the credentials "
-                           "in storage_options or the environment.")
+    kind = failure_kind(exc)
+    if kind == "fatal":
+        cls: type[StorageError] = OutOfSpaceError
+        message = (f"Cannot {action} {shown}: the storage is full or over its quota ({_cause(exc)}). Free space "
+                   "(or raise the quota), then run again: what was written is kept.")
+    elif kind == "transient":
+        cls, message = TransientStorageError, (f"Cannot {action} {shown}: a failure that may pass (throttling, a "
+                                               f"server error or the network: {_cause(exc)})")
+    elif _is_not_found(exc):
+        cls = ObjectNotFoundError
+        message = (f"Cannot write {shown}: its bucket or parent location does not exist ({_cause(exc)})"
+                   if action == "write" else f"Cannot {action} {shown}: no such object ({_cause(exc)})")
+    elif _is_denied(exc):
+        cls, message = AccessDeniedError, (f"Cannot {action} {shown}: permission denied ({_cause(exc)}). Check the "
+                                           "credentials in storage_options or the environment.")
+    elif any(isinstance(link, IsADirectoryError) for link in _chain(exc)):
+        cls, message = PermanentStorageError, f"Cannot {action} {shown}: it is a directory, not an object"
     else:
-        err = StorageError(f"Cannot {action} {shown}: {_cause(exc)}")
-    err.url = shown  # not OSError.filename: setting that rewrites str(err) as "[Errno None] None: ..."
+        cls, message = PermanentStorageError, f"Cannot {action} {shown}: {_cause(exc)}"
+    err = cls(str(exc) if isinstance(exc, StorageError) else message)
+    err.url = getattr(exc, "url", shown)  # not OSError.filename: that rewrites str(err) as "[Errno None] None: ..."
     return err
+
+
+def _is_not_found(exc: BaseException) -> bool:
+    return any(isinstance(link, FileNotFoundError) or _status(link) == 404 for link in _chain(exc)) or bool(
+        re.search(r"HTTP (?:response|error) code:? ?404|NoSuchKey|NoSuchBucket", str(exc)))
+
+
+def _is_denied(exc: BaseException) -> bool:
+    return any(isinstance(link, PermissionError) or _status(link) in (401, 403) for link in _chain(exc)) or bool(
+        re.search(r"HTTP (?:response|error) code:? ?40[13]|access ?denied|forbidden|InvalidAccessKeyId|"
+                  r"SignatureDoesNotMatch|ExpiredToken", str(exc), re.I))
+
+
+def _status(exc: BaseException) -> int | None:
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+        return int(status) if str(status).isdigit() else None
+    status = getattr(exc, "status", None)
+    return status if isinstance(status, int) else None
+
+
+def gdal_storage_error(action: str, url: Any, exc: BaseException) -> StorageError | None:
+    """A GDAL/rasterio error that is really the store's answer (HTTP 403/404/5xx, "Please reduce your request
+    rate", a curl time-out, a full disk) as the storage error of its kind (:func:`storage_error`); None when GDAL
+    complains of the bytes themselves (then the file is corrupt or not a raster)."""
+    if not any(_kind_of(link) is not None for link in _chain(exc)) and not any(
+            pattern.search(str(exc)) for pattern, _ in _MESSAGE_KINDS):
+        return None
+    return storage_error(action, url, exc)
 
 
 def read_bytes(url: str | os.PathLike[str], storage_options: dict[str, Any] | None = None) -> bytes:
@@ -153,7 +323,8 @@ def read_bytes(url: str | os.PathLike[str], storage_options: dict[str, Any] | No
 
     Raises:
         ObjectNotFoundError: nothing at ``url`` (also a ``FileNotFoundError``).
-        StorageError: any other failure (a directory, permissions, network), naming the URL and the cause.
+        StorageError: any other failure, naming the URL and the cause, of its kind (:func:`storage_error`):
+            AccessDeniedError, TransientStorageError, OutOfSpaceError or PermanentStorageError.
     """
     fs, path = url_to_fs(url, storage_options)
     try:
@@ -161,7 +332,7 @@ def read_bytes(url: str | os.PathLike[str], storage_options: dict[str, Any] | No
     except DinosegError:
         raise
     except Exception as exc:
-        raise _storage_error("read", str(url), exc) from exc
+        raise storage_error("read", str(url), exc) from exc
 
 
 def write_bytes(url: str | os.PathLike[str], data: bytes | bytearray | memoryview,
@@ -177,7 +348,8 @@ def write_bytes(url: str | os.PathLike[str], data: bytes | bytearray | memoryvie
     Raises:
         InputError: ``data`` is not bytes-like.
         ObjectNotFoundError: the bucket does not exist.
-        StorageError: any other failure, naming the URL and the cause.
+        OutOfSpaceError: the disk is full or a quota is reached (fatal: no later write succeeds either).
+        StorageError: any other failure, naming the URL and the cause, of its kind (:func:`storage_error`).
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise InputError(f"write_bytes({display_url(url)!r}) expects bytes, got {type(data).__name__}; encode first.")
@@ -190,7 +362,7 @@ def write_bytes(url: str | os.PathLike[str], data: bytes | bytearray | memoryvie
     except DinosegError:
         raise
     except Exception as exc:
-        raise _storage_error("write", str(url), exc) from exc
+        raise storage_error("write", str(url), exc) from exc
 
 
 def _atomic_local_write(path: str, data: bytes) -> None:
@@ -228,7 +400,7 @@ def exists(url: str | os.PathLike[str], storage_options: dict[str, Any] | None =
     except FileNotFoundError:
         return False
     except Exception as exc:
-        raise _storage_error("check", str(url), exc) from exc
+        raise storage_error("check", str(url), exc) from exc
 
 
 def glob(pattern: str | os.PathLike[str], storage_options: dict[str, Any] | None = None) -> list[str]:
@@ -256,7 +428,7 @@ def stat_stamp(url: str | os.PathLike[str], storage_options: dict[str, Any] | No
     except DinosegError:
         raise
     except Exception as exc:
-        raise _storage_error("check", str(url), exc) from exc
+        raise storage_error("check", str(url), exc) from exc
 
 
 def glob_stamped(pattern: str | os.PathLike[str], storage_options: dict[str, Any] | None = None) -> list[tuple[str, str]]:
@@ -281,7 +453,7 @@ def glob_stamped(pattern: str | os.PathLike[str], storage_options: dict[str, Any
     except FileNotFoundError:
         return []
     except Exception as exc:
-        raise _storage_error("list", pattern, exc) from exc
+        raise storage_error("list", pattern, exc) from exc
     files = [(p, info) for p, info in found.items() if info.get("type", "file") != "directory"]
     return sorted((_unstrip(proto, p), stamp(info)) for p, info in files)
 
