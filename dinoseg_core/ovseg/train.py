@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dinoseg_core import stop
 from dinoseg_core.errors import CheckpointError, InputError
 from dinoseg_core.ovseg.config import TrainConfig
 from dinoseg_core.ovseg.model import SegModel, checkpoint_state, head_from_checkpoint
@@ -237,7 +238,7 @@ def train(
     resumed_from = start
     norm = model.dinotxt.backbone.normalization
     device = model.dinotxt.device
-    written = None
+    written, saved_at = None, start
 
     def save(step: int) -> str:
         assert checkpoint is not None
@@ -248,6 +249,8 @@ def train(
         return checkpoint.name
 
     head.train()
+    safe_points = stop.safe_points()  # Ctrl-C / SIGTERM: the step finishes and is saved, then Stopped is raised
+    safe_points.__enter__()
     try:
         for step in range(start, steps):
             for group in optimizer.param_groups:
@@ -265,10 +268,16 @@ def train(
             optimizer.step()
             losses.append(float(loss.detach()))
             if checkpoint is not None and ((step + 1) % config.checkpoint_every == 0 or step + 1 == steps):
-                written = save(step + 1)
+                written, saved_at = save(step + 1), step + 1
             if on_step is not None:
                 on_step(step, losses[-1])
+            if stop.requested() is not None:
+                if checkpoint is not None and saved_at != step + 1:
+                    written = save(step + 1)
+                raise stop.Stopped(stop.requested(), f"training stopped after step {step + 1}" + (
+                    f"; resumable from {checkpoint.name}" if checkpoint is not None else ""))
     finally:
+        safe_points.__exit__(None, None, None)
         head.eval()
     return TrainResult(losses=losses, step=max(steps, start), resumed_from=resumed_from,
                        checkpoint=written or (checkpoint.name if checkpoint is not None and resumed_from else None),
