@@ -30,6 +30,7 @@ from dinoseg_core.ovseg.classes import IMAGENET_TEMPLATES
 
 __all__ = [
     "DEFAULT_TEMPLATES",
+    "HEAD_FIELDS",
     "IMAGENET_TEMPLATES",
     "PAPER_MIOU",
     "RECIPES",
@@ -219,26 +220,53 @@ def _check_templates(templates: tuple[str, ...]) -> None:
                              "e.g. 'a photo of a {}.'")
 
 
+#: Head kinds (:attr:`SegHeadConfig.kind`) and the :class:`SegHeadConfig` fields each one uses.
+HEAD_FIELDS: dict[str, tuple[str, ...]] = {
+    "small": ("feature_dim", "early_blocks", "hidden", "spatial_blocks", "class_blocks", "class_heads",
+              "decoder_channels"),
+    "catseg": ("kind", "feature_dim", "early_blocks", "hidden", "rounds", "attention_window", "class_heads",
+               "guidance_dim", "decoder_channels"),
+}
+
+
 @dataclass(frozen=True)
 class SegHeadConfig(ConfigBase):
-    """Architecture of the trainable dinov3.seg head (see :class:`dinoseg_core.ovseg.model.SegHead`).
+    """Architecture of the trainable dinov3.seg head (:func:`dinoseg_core.ovseg.model.build_head`).
 
+    ``kind="small"``: :class:`~dinoseg_core.ovseg.model.SegHead` (3x3 conv spatial blocks, then transformer layers
+    across classes). ``kind="catseg"``: :class:`~dinoseg_core.ovseg.model.CatSegHead`, closer to CAT-Seg's cost
+    aggregation (``rounds`` of shifted-window spatial attention then attention across classes, backbone guidance
+    in both and in the decoder). Each kind uses some fields (:data:`HEAD_FIELDS`); the others are ignored.
     ``feature_dim`` is the width of the dino.txt vision head (1024 for ViT-L); it is taken from the loaded
     towers, not chosen.
     """
 
+    kind: Literal["small", "catseg"] = field(default="small", metadata={
+        "help": "head architecture: small (conv spatial blocks + class transformer) or catseg (CAT-Seg-style "
+                "interleaved window-attention / class-attention rounds with backbone guidance)"})
     feature_dim: int = 1024
     early_blocks: int = field(default=1, metadata={"help": "residual conv blocks refining patch features before "
                                                            "the matching"})
     hidden: int = field(default=128, metadata={"help": "channels of the embedded correlation volume"})
-    spatial_blocks: int = field(default=2, metadata={"help": "per-class residual conv blocks (spatial aggregation)"})
-    class_blocks: int = field(default=1, metadata={"help": "transformer layers across classes (class aggregation)"})
-    class_heads: int = field(default=4, metadata={"help": "attention heads of the class aggregation"})
+    spatial_blocks: int = field(default=2, metadata={"help": "small: per-class residual conv blocks (spatial "
+                                                             "aggregation)"})
+    class_blocks: int = field(default=1, metadata={"help": "small: transformer layers across classes (class "
+                                                           "aggregation)"})
+    class_heads: int = field(default=4, metadata={"help": "attention heads (small: class aggregation; catseg: "
+                                                          "both aggregations)"})
+    rounds: int = field(default=2, metadata={"help": "catseg: rounds of spatial then class aggregation"})
+    attention_window: int = field(default=8, metadata={
+        "help": "catseg: side of the spatial attention windows in patches (every second block shifted by half)"})
+    guidance_dim: int = field(default=64, metadata={
+        "help": "catseg: width of the projected backbone features joined to the queries and keys of both "
+                "aggregations (the decoder's guidance is half each stage's width)"})
     decoder_channels: tuple[int, ...] = field(default=(64, 32), metadata={
         "help": "channels of each x2 upsampling stage of the decoder (two stages: patch/4 output)"})
 
     def __post_init__(self) -> None:
-        for name in ("feature_dim", "hidden", "class_heads"):
+        if self.kind not in HEAD_FIELDS:
+            raise InputError(f"kind={self.kind!r}: use one of {sorted(HEAD_FIELDS)}")
+        for name in ("feature_dim", "hidden", "class_heads", "rounds", "attention_window", "guidance_dim"):
             _positive(name, getattr(self, name))
         for name in ("early_blocks", "spatial_blocks", "class_blocks"):
             value = getattr(self, name)
@@ -249,6 +277,15 @@ class SegHeadConfig(ConfigBase):
         if not isinstance(self.decoder_channels, tuple) or not all(
                 isinstance(c, int) and c > 0 for c in self.decoder_channels):
             raise InputError(f"decoder_channels={self.decoder_channels!r}: give a tuple of positive integers")
+        if self.kind == "catseg" and not all(c % 2 == 0 for c in self.decoder_channels):
+            raise InputError(f"decoder_channels={self.decoder_channels!r}: the catseg head needs even widths (half "
+                             "of each stage carries the backbone guidance)")
+
+    def used(self) -> dict[str, Any]:
+        """The fields this kind of head uses, JSON-ready: what its weights' meaning depends on (a small head's is
+        the whole config of the heads made before ``kind`` existed, so their fingerprints are unchanged)."""
+        data = self.to_dict()
+        return {name: data[name] for name in HEAD_FIELDS[self.kind]}
 
 
 @dataclass(frozen=True)

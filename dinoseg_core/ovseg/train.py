@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from dinoseg_core import stop
 from dinoseg_core.errors import CheckpointError, InputError
 from dinoseg_core.ovseg.config import TrainConfig
-from dinoseg_core.ovseg.model import SegModel, checkpoint_state, head_from_checkpoint
+from dinoseg_core.ovseg.model import SegModel, checkpoint_head_config, checkpoint_state, head_from_checkpoint
 from dinoseg_core.ovseg.windows import resize_short_side
 
 __all__ = ["CheckpointStore", "TrainResult", "loss_curve", "sample_batch", "train"]
@@ -211,10 +211,13 @@ def train(
         problems = []
         if meta.get("dinotxt_fingerprint") != model.dinotxt.fingerprint:
             problems.append("another dino.txt")
-        if meta.get("head_config") != head.config.to_dict():
+        saved_head = checkpoint_head_config(meta, shown)
+        if saved_head.kind != head.config.kind:
+            problems.append(f"a {saved_head.kind!r} head, not this run's {head.config.kind!r} head (--head "
+                            f"{saved_head.kind} resumes it)")
+        elif saved_head.used() != head.config.used():
             problems.append("another head architecture ("
-                            + ", ".join(_differences(meta.get("head_config") or {}, head.config.to_dict(), "head."))
-                            + ")")
+                            + ", ".join(_differences(saved_head.used(), head.config.used(), "head.")) + ")")
         if problems:
             raise CheckpointError(f"{shown}: cannot resume: the checkpoint was made for {', '.join(problems)}. Use "
                                   "another checkpoint URL or resume=False to start over.")

@@ -1,4 +1,5 @@
-"""The dinov3.seg head: shapes, class-permutation equivariance, checkpoints, exact resume of training."""
+"""The dinov3.seg head: shapes, class-permutation equivariance, checkpoints (recording the head kind), exact resume of
+training."""
 
 from __future__ import annotations
 
@@ -17,9 +18,11 @@ from dinoseg_core.ovseg import (
     load_dinotxt,
     train,
 )
+from dinoseg_core.ovseg.model import CatSegHead, build_head, head_from_checkpoint
 from tests.ovseg_factory import SHAPE_CLASSES, TINY_HEAD, shapes_dataset, tiny_seg_model
 
 HEAD = TINY_HEAD
+CATSEG = TINY_HEAD.replace(kind="catseg", attention_window=4, guidance_dim=8)
 TRAIN = TrainConfig(batch_size=2, lr=1e-3, short_side=64, crop=64, templates=("a {}.",), checkpoint_every=2)
 
 
@@ -99,3 +102,37 @@ def test_resume_continues_exactly(dinotxt, tmp_path):
     assert done.resumed_from == 4 and len(done.losses) == 4
     with pytest.raises(CheckpointError, match="another head architecture"):
         train(SegModel(dinotxt, config=HEAD.replace(hidden=32)), data, 5, config=TRAIN, checkpoint=HeadCheckpoint(url))
+    with pytest.raises(CheckpointError, match=r"made for a 'small' head, not this run's 'catseg' head \(--head small"):
+        train(SegModel(dinotxt, config=CATSEG), data, 5, config=TRAIN, checkpoint=HeadCheckpoint(url))
+
+
+def test_checkpoints_record_the_head_kind_and_refuse_another(dinotxt):
+    torch.manual_seed(0)
+    model = SegModel(dinotxt, config=CATSEG)
+    tensors, meta = model.checkpoint()
+    assert meta["head"] == "catseg" and meta["head_config"]["kind"] == "catseg"
+    loaded = SegModel.from_checkpoint(tensors, meta, dinotxt, kind="catseg")
+    assert isinstance(loaded.head, CatSegHead) and loaded.fingerprint() == model.fingerprint()
+    with pytest.raises(CheckpointError, match=r"holds a 'catseg' head, not a 'small' one; use --head catseg"):
+        SegModel.from_checkpoint(tensors, meta, dinotxt, name="run.safetensors", kind="small")
+    relabelled = {**meta, "head": "small", "head_config": {**meta["head_config"], "kind": "small"}}
+    with pytest.raises(CheckpointError, match="tensors of a 'catseg' head: the metadata is wrong"):
+        head_from_checkpoint(tensors, relabelled, "run.safetensors")
+    with pytest.raises(CheckpointError, match="corrupt metadata: 'head' says a 'small' head"):
+        head_from_checkpoint(tensors, {**meta, "head": "small"}, "run.safetensors")
+
+
+def test_a_checkpoint_from_before_head_kinds_is_a_small_head(dinotxt):
+    torch.manual_seed(0)
+    small = SegModel(dinotxt, config=TINY_HEAD.replace(kind="small"))
+    tensors, meta = small.checkpoint()
+    legacy = {k: v for k, v in meta.items() if k != "head"}
+    legacy["head_config"] = {k: v for k, v in meta["head_config"].items()
+                             if k not in ("kind", "rounds", "attention_window", "guidance_dim")}
+    loaded = SegModel.from_checkpoint(tensors, legacy, dinotxt)
+    assert isinstance(loaded.head, SegHead) and loaded.fingerprint() == small.fingerprint()
+    # a small head's fingerprint depends on the fields it uses only (the pre-kind config: unchanged fingerprints)
+    assert set(small.head.config.used()) == set(legacy["head_config"])
+    other = SegModel(dinotxt, head=build_head(small.head.config.replace(rounds=5, attention_window=3)))
+    other.head.load_state_dict(small.head.state_dict())
+    assert other.fingerprint() == small.fingerprint()
