@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import struct
 import zlib
 
@@ -10,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dinoseg_core.io import imageio, storage
 from dinoseg_core.errors import ImageDecodeError, InputError, ObjectNotFoundError
+from dinoseg_core.io import imageio, storage
 
 RNG = np.random.default_rng(0)
 RGB8 = RNG.integers(0, 256, size=(6, 5, 3), dtype=np.uint8)
@@ -424,3 +425,143 @@ def test_legend_adds_a_strip_with_a_swatch_and_text_and_widens_for_long_lines():
     strip = out[32:]
     assert np.all(strip == [255, 255, 0], axis=2).any()  # the swatch
     assert (strip == 255).all(axis=2).sum() > 50  # white text
+
+
+# --- decode_tile: the pixel count checked from the header, large tiles decoded at the size used -------------------
+
+
+def _gradient(h: int, w: int) -> np.ndarray:
+    """A smooth RGB uint8 image (box averages of it are close to any other anti-aliased resize)."""
+    x = (np.arange(w) * 255 // max(w - 1, 1)).astype(np.uint8)[None, :]
+    y = (np.arange(h) * 255 // max(h - 1, 1)).astype(np.uint8)[:, None]
+    mixed = ((x.astype(np.uint16) + y) // 2).astype(np.uint8)
+    return np.stack(np.broadcast_arrays(x, y, mixed), -1)
+
+
+def _block_mean(image: np.ndarray, factor: int) -> np.ndarray:
+    """Means of ``factor`` x ``factor`` blocks (the partial last row/column of blocks left out)."""
+    h, w = image.shape[0] // factor, image.shape[1] // factor
+    return image[: h * factor, : w * factor].reshape(h, factor, w, factor, -1).mean(axis=(1, 3))
+
+
+def test_decode_tile_of_a_small_tile_is_decode_image():
+    data = encode(Image.fromarray(RGB8))
+    image, source_hw = imageio.decode_tile(data, "t.png", input_side=64)
+    np.testing.assert_array_equal(image, imageio.decode_image(data, "t.png"))
+    assert source_hw == (6, 5)
+
+
+@pytest.mark.parametrize("fmt, mode", [("PNG", "RGB"), ("JPEG", "RGB"), ("PNG", "P"), ("PNG", "1"), ("PNG", "I;16"),
+                                       ("TIFF", "F"), ("PNG", "LA")])
+def test_decode_tile_reduces_a_large_tile_to_at_least_the_input_side(fmt, mode):
+    rgb = _gradient(600, 1000)
+    if mode == "RGB":
+        img = Image.fromarray(rgb)
+    elif mode == "P":
+        img = Image.fromarray(rgb).quantize(64, method=Image.Quantize.FASTOCTREE)
+    elif mode == "1":
+        img = Image.fromarray(rgb[..., 0]).point(lambda v: 255 if v > 127 else 0).convert("1")
+    elif mode == "I;16":
+        img = Image.fromarray((rgb[..., 0].astype(np.uint16) * 257))
+    elif mode == "F":
+        img = Image.fromarray(rgb[..., 1].astype(np.float32) / 255.0)
+    else:
+        img = Image.fromarray(np.stack([rgb[..., 0], rgb[..., 1]], -1), "LA")
+    data = encode(img, fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+    full = imageio.decode_image(data, "big")
+    image, source_hw = imageio.decode_tile(data, "big", input_side=100)
+    assert source_hw == (600, 1000)
+    assert image.dtype == np.float32 and image.shape[2] == 3 and image.flags.c_contiguous
+    assert 100 <= min(image.shape[:2]) < 200  # reduced, never below what the backbone sees
+    assert image.shape[1] / image.shape[0] == pytest.approx(1000 / 600, rel=0.02)  # aspect kept
+    # the same picture as the full decode brought to that size (JPEG's DCT scaling and box filters differ a little)
+    factor = round(600 / image.shape[0])
+    expected = _block_mean(full, factor)
+    got = image[: expected.shape[0], : expected.shape[1]]
+    assert np.abs(got - expected).mean() < (0.03 if fmt == "JPEG" else 0.01)
+
+
+def test_decode_tile_jpeg_is_decoded_smaller_by_the_decoder():
+    data = encode(Image.fromarray(_gradient(1600, 1200)), "JPEG", quality=90)
+    image, source_hw = imageio.decode_tile(data, "big.jpg", input_side=128)
+    assert source_hw == (1600, 1200) and min(image.shape[:2]) == 150  # DCT scaling by 1/8: 200x150
+
+
+def test_decode_tile_source_size_follows_the_exif_orientation():
+    img = Image.fromarray(_gradient(300, 800))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    data = encode(img, "JPEG", exif=exif.tobytes())
+    image, source_hw = imageio.decode_tile(data, "phone.jpg", input_side=64)
+    assert source_hw == (800, 300) and image.shape[0] > image.shape[1]
+
+
+def test_tile_pixel_limit_derived_from_the_input_side_or_given():
+    assert imageio.max_tile_pixels(64) == imageio.TILE_PIXELS_FACTOR * 64 * 64
+    assert imageio.max_tile_pixels(64, 5000) == 5000  # the run option wins, both ways
+    assert imageio.max_tile_pixels(100_000) == imageio.MAX_IMAGE_PIXELS
+    assert imageio.max_tile_pixels(None) == imageio.MAX_IMAGE_PIXELS
+    with pytest.raises(InputError, match="max_image_pixels"):
+        imageio.max_tile_pixels(64, 0)
+
+
+def test_decode_tile_refuses_from_the_header_naming_file_size_and_option():
+    side = 64
+    limit = imageio.TILE_PIXELS_FACTOR * side * side
+    with pytest.raises(imageio.ImageTooLargeError) as info:
+        imageio.decode_tile(_png_header(1025, 1024), "s3://lake/tiles/huge.png", input_side=side)
+    message = str(info.value)
+    assert isinstance(info.value, ImageDecodeError) and isinstance(info.value, InputError)
+    assert "s3://lake/tiles/huge.png" in message and "1025x1024" in message and f"{limit:,}" in message
+    assert "max_image_pixels" in message and "--max-image-pixels" in message
+    # within the limit the header-only PNG gets as far as decoding (and is then corrupt, not too large)
+    with pytest.raises(ImageDecodeError) as info:
+        imageio.decode_tile(_png_header(1024, 1024), "ok.png", input_side=side)
+    assert not isinstance(info.value, imageio.ImageTooLargeError)
+    # the run option raises the limit
+    with pytest.raises(ImageDecodeError) as info:
+        imageio.decode_tile(_png_header(1025, 1024), "ok.png", input_side=side, max_pixels=2**21)
+    assert not isinstance(info.value, imageio.ImageTooLargeError)
+
+
+def test_undecodable_bytes_are_described_not_shown():
+    data = b"SECRET-FILE-CONTENT: root:x:0:0:root:/root:/bin/bash\n"
+    with pytest.raises(ImageDecodeError) as info:
+        imageio.decode_image(data, "s3://lake/refs/a.png")
+    message = str(info.value)
+    assert f"{len(data)} bytes" in message and "PNG, JPEG, TIFF" in message
+    assert "SECRET" not in message and "root" not in message
+
+
+_PEAK_SCRIPT = """
+import resource, sys
+from dinoseg_core.io import imageio
+data = open(sys.argv[1], "rb").read()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+image, source_hw = imageio.decode_tile(data, sys.argv[1], input_side=int(sys.argv[2]), max_pixels=2**26)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(after - before, image.shape[0], image.shape[1], source_hw[0], source_hw[1])
+"""
+
+
+@pytest.mark.parametrize("mode, bytes_per_pixel", [("RGB", 3), ("I;16", 2)])
+def test_decode_tile_peak_memory_stays_near_the_8_or_16_bit_decode(tmp_path, mode, bytes_per_pixel):
+    """A 3000 x 3000 tile: the old float32 RGB decode needed >= 12 bytes a pixel (108 MB); decode_tile holds the
+    file's own bit depth (RGB 3, 16-bit grey 2 + 4 for Pillow's 32-bit copy) and a float32 copy at ~1/16 the pixels."""
+    import subprocess
+    import sys
+
+    side = 3000
+    if mode == "RGB":
+        img = Image.fromarray(_gradient(side, side))
+    else:
+        img = Image.fromarray((_gradient(side, side)[..., 0].astype(np.uint16) * 257))
+    path = tmp_path / "big.png"
+    img.save(path, compress_level=1)
+    done = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, str(path), "416"], check=True, capture_output=True,
+                          text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    grown_kb, h, w, source_h, source_w = map(int, done.stdout.split())
+    assert (source_h, source_w) == (side, side) and (h, w) == (429, 429)  # 3000 / 7, rounded up
+    pixels = side * side
+    assert grown_kb * 1024 < (bytes_per_pixel + 4) * pixels + 32 * 2**20, f"grew {grown_kb / 1024:.0f} MB"
+    assert grown_kb * 1024 < 12 * pixels / 2  # well under half of a full-size float32 RGB copy
