@@ -21,6 +21,7 @@ from dinoseg_core.config import (
 from flows.engine import RESULT_SERIALIZER, label
 from tasks.concepts import ConceptSet, load_references, prepare_concept
 from tasks.options import RunOptions
+from tasks.radiometry import resolve_radiometry, run_record
 from tasks.runtime import BackboneSpec
 from tasks.runtime import backbone as load_backbone
 
@@ -46,7 +47,8 @@ def label_collection(
         backbone: DINOv3 backbone spec (preset, hub id, model directory/URL, Meta .pth, random:<preset>).
         method: INSID3 options for this run (win over the manifest's); unset fields keep the defaults.
         scene: how scenes are windowed (window_size, overlap, global_context, global_weight, context_size,
-            threshold); unset fields keep the defaults.
+            threshold) and scaled (radiometry: scene-percentile, collection-percentile, fixed:LOW,HIGH, ...; raster
+            references are read the same way); unset fields keep the defaults.
         bands: 1-based bands of GeoTIFF scenes and references to use as RGB (``[4, 3, 2]``); default the first 3.
         run: how the run runs (device, storage_options, force, cache, batch_size, workers, task_runner, ...; see
             :class:`tasks.options.RunOptions`).
@@ -57,17 +59,22 @@ def label_collection(
 
     def prepare(options: RunOptions) -> ConceptSet:
         manifest = load_references(references, options.storage_options)
+        # a collection stretch: the archive's recorded one, else computed now and recorded in this run's log
+        radiometry = resolve_radiometry(scene_config.radiometry, archive, images, band_tuple, options.storage_options)
+        parameters["radiometry"] = run_record(radiometry, band_tuple)
         spec = BackboneSpec(backbone, options.device, options.dtype, options.compile)
-        concepts = tuple(prepare_concept(manifest, name, spec, method_given, band_tuple, options)
+        concepts = tuple(prepare_concept(manifest, name, spec, method_given, band_tuple, options, radiometry)
                          for name in manifest.concepts)
         model = load_backbone(spec, options.storage_options)
         get_run_logger().info("%d concept(s): %s", len(concepts), ", ".join(manifest.concepts))
-        return ConceptSet(spec, model.fingerprint, model.is_random, concepts, scene_config, band_tuple, options.cache)
+        return ConceptSet(spec, model.fingerprint, model.is_random, concepts, scene_config, band_tuple, options.cache,
+                          radiometry)
 
-    return label(images, archive, run, prepare, {
+    parameters = {
         "references": references, "backbone": backbone, "method": method_given,
         "scene": scene_config.to_dict(), "bands": list(bands) if bands else None,
-    })
+    }
+    return label(images, archive, run, prepare, parameters)
 
 
 #: The same flow under the name of the ``segment-images`` deployments: an explicit list of image URLs, typically.

@@ -10,11 +10,12 @@ window with whole-scene context, streamed into the archive.
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from dinoseg_core.config import InsidConfig, apply_options
@@ -25,6 +26,7 @@ from dinoseg_core.io.archive import MaskArchive
 from dinoseg_core.io.featurestore import FeatureCache, content_key
 from dinoseg_core.io.imageio import RASTER_SUFFIXES
 from dinoseg_core.io.manifest import ReferenceManifest, concept_hash, load_manifest
+from dinoseg_core.io.radiometry import EIGHT_BIT, Radiometry
 from tasks import runtime
 from tasks.freshness import MethodStamp
 from tasks.labelling import PERMANENT, LabelJob, Pending
@@ -37,12 +39,14 @@ from tasks.sources import ItemKind
 @dataclass(frozen=True)
 class PreparedConcept:
     """A concept ready to label: its effective config, the content key of its embedded reference set (in the
-    feature cache), and the reference-set hash recorded on every mask."""
+    feature cache), the reference-set hash recorded on every mask, and the references that are 8-bit images
+    (PNG, JPEG, ...) rather than rasters read with the run's radiometry."""
 
     name: str
     config: InsidConfig
     reference_key: str
     reference_set_hash: str
+    image_references: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,8 @@ class ConceptSet:
         concepts: the prepared concepts, in manifest order.
         scene: windowing and global context of scene items; ``bands``: their 1-based bands (None: the first 3).
         cache_url: the feature cache holding the embedded reference sets (None: the default local cache).
+        radiometry: how scenes (and raster references) are scaled, resolved (a collection stretch's ranges known);
+            None: ``scene.radiometry``.
     """
 
     backbone: BackboneSpec
@@ -63,15 +69,22 @@ class ConceptSet:
     scene: SceneConfig = field(default_factory=SceneConfig)
     bands: tuple[int, ...] | None = None
     cache_url: str | None = None
+    radiometry: Radiometry | None = None
     scenes = True
 
+    @property
+    def scene_radiometry(self) -> Radiometry:
+        return self.radiometry or Radiometry.parse(self.scene.radiometry)
+
     def methods(self, kind: ItemKind) -> dict[str, MethodStamp]:
-        """A scene mask also depends on the windowing and the bands: they are part of its config."""
+        """A scene mask also depends on the windowing, the bands and the radiometry (a collection stretch with its
+        ranges): they are part of its config."""
         def config(c: PreparedConcept) -> dict[str, Any]:
             if kind == "tile":
                 return c.config.to_dict()
+            ranges = {k: v for k, v in self.scene_radiometry.stamp().items() if k == "radiometry_ranges"}
             return {**c.config.to_dict(), "scene": self.scene.to_dict(),
-                    "bands": list(self.bands) if self.bands else None}
+                    "bands": list(self.bands) if self.bands else None, **ranges}
 
         return {c.name: MethodStamp(self.backbone.spec, self.fingerprint, self.random, config(c),
                                     c.reference_set_hash) for c in self.concepts}
@@ -127,9 +140,12 @@ class ConceptSet:
         so = job.run.storage_options
         cache = feature_cache(self.cache_url, so)
         methods = self.methods("scene")
-        source = open_raster(scene.url, self.bands, so)
+        source = open_raster(scene.url, self.bands, so, radiometry=self.scene_radiometry)
         for name in scene.todo:
             concept = next(c for c in self.concepts if c.name == name)
+            if concept.image_references and source.dtype != EIGHT_BIT and self.scene_radiometry.kind.endswith(
+                    "percentile"):  # fixed: and scale: are the user's own match to the references
+                _warn_image_references(concept, source)
             seg = runtime.segmenter(self.backbone, concept.config, so, cache, job.run.cluster_backend)
             refs = self._references(concept, cache, seg)
 
@@ -155,6 +171,29 @@ class ConceptSet:
         return refs
 
 
+_warned: set[tuple[str, str, str]] = set()
+_warned_lock = threading.Lock()
+
+
+def _warn_image_references(concept: PreparedConcept, source) -> None:
+    """Once per process, concept and data type: a non-8-bit scene compared with 8-bit image references is scaled
+    by the run's radiometry, the references by whoever made them; say what to do about it."""
+    key = (concept.name, concept.reference_set_hash, source.dtype)
+    with _warned_lock:
+        if key in _warned:
+            return
+        _warned.add(key)
+    shown = ", ".join(storage.display_url(u) for u in concept.image_references[:3])
+    more = f" and {len(concept.image_references) - 3} more" if len(concept.image_references) > 3 else ""
+    get_run_logger().warning(
+        "concept %r: scene %s is %s, read with radiometry %s, but its references %s%s are 8-bit images, scaled "
+        "however they were made: a concept that looks different in the scenes and in the references scores lower "
+        "(docs/scenes.md, Radiometry). Cut the references from the collection as GeoTIFFs with their masks (they are "
+        "then read with the same radiometry), or give the --radiometry the PNGs were made with (e.g. fixed:LOW,HIGH "
+        "with the values that became 0 and 255, or scale:FACTOR[,OFFSET]).", concept.name, source.display_url, source.dtype,
+        source.radiometry, shown, more)
+
+
 def feature_cache(url: str | None, storage_options: dict | None) -> FeatureCache:
     """The run's feature cache (the storage options apply to a URL given by the user, not to the local default)."""
     return FeatureCache(url, storage_options if url else None)
@@ -168,10 +207,12 @@ def load_references(url: str, storage_options: dict | None = None) -> ReferenceM
 
 @task(name="prepare-concept", cache_policy=NO_CACHE, task_run_name="prepare-{concept}", **STORAGE_RETRIES)
 def prepare_concept(manifest: ReferenceManifest, concept: str, backbone: BackboneSpec,
-                    method: dict[str, Any] | None, bands: tuple[int, ...] | None, run: RunOptions) -> PreparedConcept:
+                    method: dict[str, Any] | None, bands: tuple[int, ...] | None, run: RunOptions,
+                    radiometry: Radiometry | None = None) -> PreparedConcept:
     """Hash a concept's reference images and masks, embed them once (positional basis, debiased features,
     prototype) and persist the embedding in the feature cache under a content key. ``method``: INSID3 options of
-    this run, which win over the manifest's."""
+    this run, which win over the manifest's; ``radiometry``: the run's (resolved), which raster references are read
+    with (None: each reference scene's own percentile stretch)."""
     spec = manifest.concept(concept)
     config = apply_options(manifest.config_for(concept), method)
     so = run.storage_options
@@ -182,25 +223,29 @@ def prepare_concept(manifest: ReferenceManifest, concept: str, backbone: Backbon
     pairs = [(hashes[p.image_url], hashes[p.mask_url]) for p in spec.references]
     seg = runtime.segmenter(backbone, config, so, cache)
     with runtime.backbone_turn(seg.backbone.device, run.concurrency_limit):  # the basis and the embedding
+        scaled = [] if radiometry is None or radiometry.is_default else [repr(radiometry)]  # default: the old keys
         key = content_key(
             "references", seg.backbone.fingerprint, repr(runtime.feature_key(config)),
-            [h for pair in pairs for h in pair], repr(bands),
+            [h for pair in pairs for h in pair], repr(bands), *scaled,
         )
         refs = runtime.reference_set(key, cache, seg.backbone.device)
         if refs is None:
-            shots = [_read_shot(p, contents, bands, so) for p in spec.references]
+            shots = [_read_shot(p, contents, bands, so, radiometry) for p in spec.references]
             refs = seg.embed_references([i for i, _ in shots], [m for _, m in shots],
                                         names=[p.image_url for p in spec.references])
     runtime.remember_reference_set(key, refs, cache)
-    return PreparedConcept(concept, config, key, concept_hash(manifest, concept, hashes))
+    images = tuple(p.image_url for p in spec.references if not p.image_url.lower().endswith(RASTER_SUFFIXES))
+    return PreparedConcept(concept, config, key, concept_hash(manifest, concept, hashes), images)
 
 
-def _read_shot(pair, contents: dict[str, bytes], bands: tuple[int, ...] | None, storage_options: dict | None):
-    """(image, mask) of one reference: GeoTIFF/COG references through rasterio (the run's bands, the scene's
-    stretch, nodata removed from the mask), other images decoded from the bytes already read."""
+def _read_shot(pair, contents: dict[str, bytes], bands: tuple[int, ...] | None, storage_options: dict | None,
+               radiometry: Radiometry | None = None):
+    """(image, mask) of one reference: GeoTIFF/COG references through rasterio (the run's bands and radiometry,
+    nodata removed from the mask), other images decoded from the bytes already read."""
     if pair.image_url.lower().endswith(RASTER_SUFFIXES):
         from dinoseg_core.io.raster import read_reference
 
-        return read_reference(pair.image_url, pair.mask_url, bands=bands, storage_options=storage_options)
+        return read_reference(pair.image_url, pair.mask_url, bands=bands, storage_options=storage_options,
+                              radiometry=radiometry)
     return (imageio.decode_image(contents[pair.image_url], pair.image_url),
             imageio.decode_mask(contents[pair.mask_url], pair.mask_url))

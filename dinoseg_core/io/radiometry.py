@@ -200,6 +200,10 @@ class Radiometry:
         if self.kind == "collection-percentile" and self.ranges is None:
             raise InputError(f"radiometry {self} for {name}: the collection's stretch is not computed yet "
                              "(dinoseg_core.io.raster.collection_radiometry computes it)")
+        if self.kind == "collection-percentile" and not self.ranges:
+            raise InputError(f"radiometry {self}: the collection had no non-8-bit scene to compute its stretch from, "
+                             f"but {name} is {dtype}; label it with its collection, or give --radiometry "
+                             "fixed:LOW,HIGH or scale:FACTOR[,OFFSET]")
         ranges = tuple(self.ranges or ())
         if len(ranges) == 1:
             ranges = ranges * bands
