@@ -8,10 +8,11 @@
 
 The flow bodies are plain loops over tasks (:mod:`tasks.text`); results are plain dicts (JSON).
 
-Large scenes: each image is resized to ``short_side`` (640) and scored in sliding windows (384, stride 256) plus a
-global view, so the model's memory per image is bounded; the decoded image and its label map are still held at
-full size. Whole-scene GeoTIFFs (tens of thousands of pixels a side, georeferenced output) belong to the
-remote-sensing path (:mod:`dinoseg_core.geo`), which reads windows of the raster and stitches the masks.
+Large scenes: a tile is resized to ``short_side`` (640) and scored in sliding windows (384, stride 256) plus a
+global view. A GeoTIFF/COG item is a scene: it is read window by window (``scene.window_size``, default
+``short_side``: full resolution), each window scored like a tile, one reduced view of the whole scene as the global
+view, the class probabilities stitched without seams and each class's mask streamed into the archive with the
+scene's CRS and transform (:mod:`dinoseg_core.ovseg.scene`); memory is bounded by the window, not the scene.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from prefect.artifacts import (
 from prefect.states import Completed
 from pydantic import Field
 
+from dinoseg_core.config import SceneConfig, SceneOptions, apply_options
 from dinoseg_core.errors import InputError
 from dinoseg_core.io import storage
 from dinoseg_core.io.classfile import read_classes
@@ -92,6 +94,8 @@ def label_with_text(
     head: str | None = None,
     options: OvsegOptions | None = None,
     concept_prefix: str = "",
+    scene: SceneOptions | None = None,
+    bands: list[int] | None = None,
     run: RunOptions | None = None,
 ):
     """Segment classes named in text on every image of a collection, into a Zarr mask archive.
@@ -116,6 +120,10 @@ def label_with_text(
         options: :class:`~dinoseg_core.ovseg.OvsegConfig` fields (windows, templates, background threshold...).
         concept_prefix: prepended to each class's concept name (e.g. ``text-``) to keep them apart from
             in-context concepts of the same name.
+        scene: how GeoTIFF/COG scenes are windowed (``window_size``, default ``options.short_side``: full
+            resolution; ``overlap``; ``context_size``, default ``options.window``: the whole scene's global view;
+            ``global_context``); ``global_weight`` and ``threshold`` are INSID3's and do not apply here.
+        bands: 1-based bands of GeoTIFF scenes to use as RGB (``[4, 3, 2]``); default the first 3.
         run: how the run runs (:class:`tasks.options.RunOptions`; ``save_similarity`` stores each class's
             probability map).
     """
@@ -128,10 +136,13 @@ def label_with_text(
     given = _options(options, OvsegConfig, "options")
     require_background(names, given)
     synonyms = tuple(class_list.prompts.items())
+    scene_config = apply_options(SceneConfig(), scene)
+    band_tuple = tuple(bands) if bands else None
 
     def prepare(run: RunOptions) -> ClassSet:
         model = TextModelSpec(dinotxt, bpe, backbone, head, run.device, run.dtype)
-        class_set = prepare_classes(model, names, given, concept_prefix, run.storage_options, synonyms)
+        class_set = prepare_classes(model, names, given, concept_prefix, run.storage_options, synonyms,
+                                    scene_config, band_tuple)
         logger = get_run_logger()
         if class_set.is_random:
             logger.warning("RANDOM WEIGHTS: %s is a random initialisation; the masks only check the pipeline.",
@@ -143,8 +154,9 @@ def label_with_text(
 
     concepts: dict[str, str] = {}
     state = label(images, archive, run, prepare, {
-        "flow": "label-with-text", "classes": list(names), "synonyms": dict(synonyms), "dinotxt": dinotxt, "backbone": backbone, "head": head,
-        "options": given,
+        "flow": "label-with-text", "classes": list(names), "synonyms": dict(synonyms), "dinotxt": dinotxt,
+        "backbone": backbone, "head": head, "options": given, "scene": scene_config.to_dict(),
+        "bands": list(band_tuple) if band_tuple else None,
     }, title="dinoseg label-text summary")
     state.data["concepts"] = concepts
     return state

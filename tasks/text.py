@@ -4,8 +4,9 @@ What a worker process keeps between tasks lives here, looked up by small picklab
 their backbone (loaded once per process, not once per task), trained heads, and embedded class lists.
 ``prepare-classes`` embeds the class list once and fixes what every mask of the run depends on;
 :class:`ClassSet` is the labeller the engine (:mod:`tasks.labelling`) drives: each image goes through the model
-once (one label map: the classes compete for each pixel) and one mask per class is written. Training and
-evaluation of the head are in :mod:`tasks.training`.
+once (one label map: the classes compete for each pixel) and one mask per class is written; a GeoTIFF/COG scene
+goes window by window (:func:`dinoseg_core.ovseg.scene.segment_scene`), its masks streamed into the archive with
+the scene's CRS and transform. Training and evaluation of the head are in :mod:`tasks.training`.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from dinoseg_core.config import SceneConfig
 from dinoseg_core.io.archive import MaskArchive
 from dinoseg_core.io.heads import load_seg_model
 from dinoseg_core.ovseg import (
@@ -31,6 +33,7 @@ from dinoseg_core.ovseg import (
     concept_names,
     load_dinotxt,
 )
+from dinoseg_core.ovseg.scene import resolve_scene_config
 from tasks import runtime
 from tasks.freshness import MethodStamp
 from tasks.labelling import PERMANENT, LabelJob, Pending
@@ -119,7 +122,9 @@ class ClassSet:
         names: the class names, in label order (label value i + 1); ``concepts``: the archive concept of each.
         provenance: what every mask of the run depends on and records (from the segmenter and the classes).
         mode: ``zero-shot`` or the trained head's mode.
-    Scenes are not windowed for text classes yet: a GeoTIFF item is decoded whole, like a tile.
+        scene: windowing and global view of scene items (GeoTIFF/COG), defaults resolved for the text path
+            (:func:`~dinoseg_core.ovseg.scene.resolve_scene_config`); ``bands``: their 1-based bands (None: the
+            first 3).
     """
 
     model: TextModelSpec
@@ -129,7 +134,9 @@ class ClassSet:
     provenance: dict[str, Any] = field(hash=False)
     mode: str
     synonyms: tuple[tuple[str, tuple[str, ...]], ...] = ()
-    scenes = False
+    scene: SceneConfig = field(default_factory=SceneConfig)
+    bands: tuple[int, ...] | None = None
+    scenes = True
 
     @property
     def is_random(self) -> bool:
@@ -139,10 +146,13 @@ class ClassSet:
         return OvsegConfig.from_dict(dict(self.options))
 
     def methods(self, kind: ItemKind) -> dict[str, MethodStamp]:
+        """A scene mask also depends on the windowing and the bands: they are part of its config."""
         p = self.provenance
         shared = {k: v for k, v in p.items() if k not in
                   ("backbone", "backbone_fingerprint", "backbone_random", "config", "reference_set_hash")}
-        return {concept: MethodStamp(p["backbone"], p["backbone_fingerprint"], p["backbone_random"], p["config"],
+        config = p["config"] if kind == "tile" else {
+            **p["config"], "scene": self.scene.to_dict(), "bands": list(self.bands) if self.bands else None}
+        return {concept: MethodStamp(p["backbone"], p["backbone_fingerprint"], p["backbone_random"], config,
                                      p["reference_set_hash"], {**shared, "class": name, "label_value": index + 1})
                 for index, (name, concept) in enumerate(zip(self.names, self.concepts))}
 
@@ -172,20 +182,92 @@ class ClassSet:
                     )
             yield tile, tile.todo
 
+    def label_scene(self, scene: Pending, archive: MaskArchive, job: LabelJob) -> tuple[str, ...]:
+        """The out-of-date classes of one scene, window by window (one pass: the classes compete for each pixel);
+        each class's mask streams chunk by chunk into a new archive version carrying the scene's CRS and
+        transform, published atomically once the scene is done. Memory is bounded by the window and the scene's
+        width (one chunk row per class), not its area."""
+        from dinoseg_core.geo import geo_attrs
+        from dinoseg_core.io.maskwriter import ZarrMaskWriter
+        from dinoseg_core.io.raster import open_raster, raster_reader
+        from dinoseg_core.ovseg.scene import segment_scene
+
+        so = job.run.storage_options
+        seg = segmenter(self.model, self.config(), so)
+        classes = class_embeddings(seg, self.names, self.synonyms)
+        methods = self.methods("scene")
+        source = open_raster(scene.url, self.bands, so)
+        todo = [(index + 1, name, concept) for index, (name, concept) in enumerate(zip(self.names, self.concepts))
+                if concept in scene.todo]
+
+        def fill(groups: list[Any]) -> list[dict[str, Any]]:
+            writers = [ZarrMaskWriter.create(group, source, attributes={"long_name": f"{name} mask"})
+                       for group, (_, name, _) in zip(groups, todo)]
+
+            def write(row_off: int, col_off: int, labels: Any) -> None:
+                for writer, (value, _, _) in zip(writers, todo):
+                    writer(row_off, col_off, labels == value)
+
+            with raster_reader(source) as reader, runtime.backbone_turn(seg.dinotxt.backbone.device,
+                                                                         job.run.concurrency_limit):
+                result = segment_scene(seg, classes, reader.read, source.shape, write, name=source.display_url,
+                                       config=self.scene)
+            for writer in writers:
+                writer.close()
+            extra = {"scene_windows": result.windows, "scene_timings": {k: round(v, 4) for k, v in
+                                                                         result.timings.items()},
+                     "scene_window_input": list(result.window_input),
+                     **(geo_attrs(source) if source.georeferenced else {})}
+            return [{**extra, "scene_foreground_pixels": result.class_pixels[name]} for _, name, _ in todo]
+
+        attrs = {concept: {**scene.source_attrs(), **methods[concept].attrs(), "raster": source.to_dict()}
+                 for _, _, concept in todo}
+        write_streamed_masks(archive, [c for _, _, c in todo], scene.key, attrs, fill)
+        return tuple(c for _, _, c in todo)
+
+
+def write_streamed_masks(archive: MaskArchive, concepts: Sequence[str], key: str, attrs: dict[str, dict[str, Any]],
+                         fill: Callable[[list[Any]], list[dict[str, Any]]]) -> None:
+    """Several streamed masks of one item written in one pass: ``fill(groups)`` receives a new, writable version
+    group per concept (in order) and returns each concept's extra provenance; every mask is then published
+    atomically (:meth:`MaskArchive.write_streamed_mask`, nested once per concept). If ``fill`` fails, nothing is
+    published: the unpublished versions are left for ``dinoseg vacuum``."""
+    groups: list[Any] = []
+    extras: list[dict[str, Any]] = []
+
+    def level(index: int) -> None:
+        if index == len(concepts):
+            extras.extend(fill(list(groups)))
+            return
+
+        def fill_one(group: Any) -> dict[str, Any]:
+            groups.append(group)
+            level(index + 1)
+            return extras[index]
+
+        archive.write_streamed_mask(concepts[index], key, attrs[concepts[index]], fill_one)
+
+    level(0)
+
 
 @task(name="prepare-classes", cache_policy=NO_CACHE, **STORAGE_RETRIES)
 def prepare_classes(model: TextModelSpec, names: tuple[str, ...], options: dict[str, Any],
                     concept_prefix: str = "", storage_options: dict[str, Any] | None = None,
-                    synonyms: tuple[tuple[str, tuple[str, ...]], ...] = ()) -> ClassSet:
+                    synonyms: tuple[tuple[str, tuple[str, ...]], ...] = (), scene: SceneConfig | None = None,
+                    bands: tuple[int, ...] | None = None) -> ClassSet:
     """Load the text model (once per process) and embed the class list (``synonyms``: (class, prompts) pairs);
-    a class whose prompts do not fit the text context, or a class clashing with a background prompt, fails here,
-    before any image is read."""
-    seg = segmenter(model, OvsegConfig.from_dict(dict(options)), storage_options)
+    a class whose prompts do not fit the text context, a class clashing with a background prompt, or a scene
+    overlap not below the scene window, fails here, before any image is read. ``scene``, ``bands``: how
+    GeoTIFF/COG scenes are windowed and read."""
+    config = OvsegConfig.from_dict(dict(options))
+    scene = resolve_scene_config(scene, config)
+    seg = segmenter(model, config, storage_options)
     synonyms = tuple((n, tuple(p)) for n, p in synonyms)
     classes = class_embeddings(seg, names, synonyms)
     archive_names = concept_names(classes.class_names)
     provenance = {**seg.provenance(classes), "backbone_random": seg.dinotxt.is_random, "head": model.head}
     return ClassSet(model=model, options=dict(options), names=tuple(classes.class_names),
                     concepts=tuple(concept_prefix + archive_names[c] for c in classes.class_names),
-                    provenance=provenance, mode=seg.mode, synonyms=synonyms)
+                    provenance=provenance, mode=seg.mode, synonyms=synonyms, scene=scene,
+                    bands=tuple(bands) if bands else None)
 

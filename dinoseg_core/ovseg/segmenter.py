@@ -146,19 +146,49 @@ class TextSegmenter:
                     return model.logits(pixels, classes)
         return score
 
-    def logits(self, image: np.ndarray, classes: ClassEmbeddings, name: str = "image") -> torch.Tensor:
-        """Aggregated logits (K', h, w) of every class and background prompt on the aggregation grid."""
+    def logits(self, image: np.ndarray, classes: ClassEmbeddings, name: str = "image", *,
+               size: tuple[int, int] | None = None, global_view: bool | None = None) -> torch.Tensor:
+        """Aggregated logits (K', h, w) of every class and background prompt on the aggregation grid.
+
+        Args:
+            size: the working size (H', W'), multiples of the patch size; default the image resized to
+                ``config.short_side`` (:func:`~dinoseg_core.ovseg.windows.resize_short_side`).
+            global_view: whether to blend in a global view of this image (default ``config.global_view``); a
+                scene window passes False, the scene's own global view (:meth:`view_logits`) replacing it.
+        """
         validate_image(image, name, self.dinotxt.patch_size)
         cfg = self.config
-        size = resize_short_side(*image.shape[:2], cfg.short_side, self.dinotxt.patch_size)
-        norm = self.dinotxt.backbone.normalization
-        pixels = prepare_image(image, size, norm.mean, norm.std, self.dinotxt.device)
+        size = size or resize_short_side(*image.shape[:2], cfg.short_side, self.dinotxt.patch_size)
+        pixels = self._pixels(image, size)
         if self.seg_model is not None:
             self.seg_model.head.eval()
         return local_global_logits(
-            self._score(classes), pixels, window=cfg.window, stride=cfg.stride, global_view=cfg.global_view,
-            global_weight=cfg.global_weight, output_stride=cfg.output_stride, patch_size=self.dinotxt.patch_size,
-            batch_windows=cfg.batch_windows)
+            self._score(classes), pixels, window=cfg.window, stride=cfg.stride,
+            global_view=cfg.global_view if global_view is None else global_view, global_weight=cfg.global_weight,
+            output_stride=cfg.output_stride, patch_size=self.dinotxt.patch_size, batch_windows=cfg.batch_windows)
+
+    def view_logits(self, view: np.ndarray, classes: ClassEmbeddings, name: str = "global view") -> torch.Tensor:
+        """Logits (K', h, w) of one global view, scored whole at its own size (float32 (h, w, 3) in [0, 1], sides
+        multiples of the patch size; e.g. a whole scene read at reduced size, see
+        :func:`~dinoseg_core.ovseg.scene.segment_scene`)."""
+        validate_image(view, name, self.dinotxt.patch_size)
+        if self.seg_model is not None:
+            self.seg_model.head.eval()
+        return self._score(classes)(self._pixels(view, view.shape[:2])[None]).float()[0]
+
+    def _pixels(self, image: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+        norm = self.dinotxt.backbone.normalization
+        return prepare_image(image, size, norm.mean, norm.std, self.dinotxt.device)
+
+    def label_map(self, index: Any, top: Any, classes: ClassEmbeddings) -> Any:
+        """Label values from the argmax ``index`` and top probability ``top`` over the classes and background
+        prompts (torch or numpy, any shape): class k -> k + 1; a background prompt's win, or a top probability
+        below ``config.background_threshold``, -> :data:`BACKGROUND`."""
+        labels = index + 1
+        labels[index >= len(classes) - classes.num_background] = BACKGROUND
+        if self.config.background_threshold is not None:
+            labels[top < self.config.background_threshold] = BACKGROUND
+        return labels
 
     def segment(self, image: np.ndarray, classes: ClassEmbeddings | Sequence[str], name: str = "image"
                 ) -> TextSegmentation:
@@ -177,10 +207,7 @@ class TextSegmenter:
         probs = torch.softmax(logits, dim=0)
         index, top = upsample_argmax(probs, image.shape[:2])
         user = len(classes) - classes.num_background
-        labels = index + 1
-        labels[index >= user] = BACKGROUND
-        if self.config.background_threshold is not None:
-            labels[top < self.config.background_threshold] = BACKGROUND
+        labels = self.label_map(index, top, classes)
         timings["upsample"] = time.perf_counter() - start
         return TextSegmentation(
             labels=labels.to(torch.int32).cpu().numpy().astype(np.uint16),

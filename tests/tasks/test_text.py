@@ -148,3 +148,53 @@ def test_the_model_is_loaded_once_per_process():
 def test_prompts_longer_than_the_context_are_named(tmp_path):
     with pytest.raises(InputError, match=r"class 'x{90}' .* tokens long"):
         prepare_classes.fn(MODEL, ("road", "x" * 90), OPTIONS)
+
+
+@pytest.mark.slow
+def test_a_geotiff_scene_streams_every_class_with_the_scenes_crs(tmp_path):
+    """A GeoTIFF item is a scene: windowed, each class's mask streamed into the archive (equal to what
+    segment_scene stitched), carrying the scene's CRS and transform; an unchanged scene is skipped, a changed
+    window relabels."""
+    import rasterio
+
+    from dinoseg_core.config import SceneConfig
+    from dinoseg_core.io.raster import open_raster, raster_reader
+    from dinoseg_core.ovseg.scene import segment_scene
+    from tests.dinoseg_core.geo_data import band_stack, write_geotiff
+
+    (tmp_path / "scenes").mkdir()
+    path = write_geotiff(tmp_path / "scenes" / "scene.tif", band_stack(96, 160, count=4))
+    scene = SceneConfig(window_size=64, overlap=16)
+    prepared = prepare_classes.fn(MODEL, CLASSES, OPTIONS, scene=scene, bands=(3, 2, 1))
+    job = LabelJob(str(tmp_path / "masks.zarr"), str(tmp_path / "scenes"), RunOptions())
+    items = list_images.fn(str(tmp_path / "scenes"))
+    assert [i.kind for i in items] == ["scene"]
+    outcomes = label_batch.fn(items, prepared, job)
+    assert outcomes[0].status == "labelled" and outcomes[0].concepts == prepared.concepts
+
+    source = open_raster(path, (3, 2, 1))
+    seg = text.segmenter(MODEL, prepared.config())
+    labels = np.zeros(source.shape, np.uint16)
+
+    def collect(row, col, block):
+        labels[row : row + block.shape[0], col : col + block.shape[1]] = block
+
+    with raster_reader(source) as reader:
+        result = segment_scene(seg, text.class_embeddings(seg, CLASSES), reader.read, source.shape, collect,
+                               config=prepared.scene)
+    assert result.windows == 6 and result.global_view is not None
+    archive = MaskArchive.open(job.archive_url, mode="r")
+    with rasterio.open(path) as src:
+        crs, transform = src.crs, src.transform
+    key = image_key(path, job.input_prefix)
+    assert sorted(archive.list_masks()) == sorted((c, key) for c in prepared.concepts)
+    for value, concept in enumerate(prepared.concepts, start=1):
+        stored = archive.load(concept, key)
+        np.testing.assert_array_equal(stored.mask, labels == value)
+        record = stored.record
+        assert record["proj:code"] == crs.to_string() and record["spatial:transform"] == list(transform)[:6]
+        assert record["config"]["scene"]["window_size"] == 64 and record["config"]["bands"] == [3, 2, 1]
+        assert record["scene_foreground_pixels"] == int((labels == value).sum())
+    assert label_batch.fn(items, prepared, job)[0].status == "skipped"
+    wider = prepare_classes.fn(MODEL, CLASSES, OPTIONS, scene=scene.replace(window_size=96), bands=(3, 2, 1))
+    assert label_batch.fn(items, wider, job)[0].status == "labelled"
