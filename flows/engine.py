@@ -11,6 +11,7 @@ cluster through prefect-dask (``"dask"``: a local cluster of ``run.dask_workers`
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import re
 import time
@@ -36,6 +37,7 @@ from tqdm import tqdm
 from dinoseg_core.errors import InputError
 from tasks.labelling import ImageOutcome, LabelJob, Labeller, label_batch
 from tasks.options import RunOptions, run_options
+from tasks.outputs import write_outputs
 from tasks.reporting import open_archive, write_run_log
 from tasks.runtime import thread_budget
 from tasks.sources import WorkItem, input_prefix, list_images
@@ -68,8 +70,8 @@ def label(
         _check_concurrency_limit(run.concurrency_limit)
     so = run.storage_options
     open_archive(archive, so, create=False)  # a foreign or unreadable archive fails before any work
-    items = list_images(images, so)
-    labeller = prepare(run)
+    items = list_images(images, so, run.stac_asset)
+    labeller = with_item_bands(prepare(run), items)
     open_archive(archive, so, create=True)  # created only now: an invalid run leaves no empty archive behind
     job = LabelJob(archive, input_prefix(images, items), run)
     jobs = [({"items": batch, "labeller": labeller, "job": job}, [item.url for item in batch])
@@ -79,9 +81,28 @@ def label(
                           ", ".join(sorted(kinds)), len(jobs), run.workers, threads)
     labelling_started = time.perf_counter()
     outcomes = run_jobs(runner, jobs, f"dinoseg: {len(items)} images")
+    outcomes = write_outputs(outcomes, job, list(labeller.methods("tile")), run_id, artifact_key("overlay"))
     record = {"started": created, "images": images if isinstance(images, str) else list(images),
               **parameters, "run": run.model_dump(exclude={"storage_options"}), "threads": threads}
     return finish_run(outcomes, archive, so, started, labelling_started, run_id, record, title=title)
+
+
+def with_item_bands(labeller: Labeller, items: list[WorkItem]) -> Labeller:
+    """The labeller reading scenes with the bands a STAC catalog chose by name (``run.stac_asset``), when the items
+    carry some: every item must carry the same, and they win over a labeller without bands of its own."""
+    chosen = {item.bands for item in items if item.bands is not None}
+    if not chosen:
+        return labeller
+    if len(chosen) > 1:
+        raise InputError(f"run.stac_asset: the band names give different bands in different items ({sorted(chosen)}); "
+                         "label such items in separate runs")
+    bands = chosen.pop()
+    if not hasattr(labeller, "bands"):
+        raise InputError("run.stac_asset: band names choose bands of GeoTIFF scenes, which this flow reads as tiles "
+                         "(first three bands); choose an RGB asset (e.g. visual) instead")
+    if labeller.bands not in (None, bands):
+        raise InputError(f"bands={list(labeller.bands)} and run.stac_asset's bands {list(bands)} disagree; give one")
+    return dataclasses.replace(labeller, bands=bands)
 
 
 def batches(items: list[WorkItem], batch_size: int, scenes: bool) -> list[list[WorkItem]]:

@@ -41,6 +41,13 @@ class RunOptions(BaseModel):
     dask_address: str | None = Field(
         default=None, description="scheduler of a running Dask cluster (tcp://host:8786); None: a local cluster")
     dask_workers: int = Field(default=2, ge=1, description="processes of the local Dask cluster")
+    stac_asset: str | None = Field(
+        default=None, description="when images is a STAC catalog (.json): the asset of each item to label (visual, "
+        "analytic...), or band names of one multi-band asset (red,green,blue); None: 'visual', else the only image "
+        "asset")
+    cog_output: bool = Field(
+        default=False, description="also write each georeferenced mask as a Cloud-Optimized GeoTIFF beside the "
+        "archive (masks.zarr -> masks.cogs/<concept>/<image key>.tif)")
     concurrency_limit: str | None = Field(
         default=None, description="a Prefect global concurrency limit; each batch holds one slot while it is in the "
         "backbone (`prefect gcl create gpu --limit 1`)")

@@ -4,6 +4,10 @@
 under it), a single file (``scene.tif``) or an explicit list of URLs. GeoTIFF/COG items are *scenes*, read window
 by window; every other image is a *tile*, decoded whole. A listing gives each object's stamp (ETag or mtime) for
 free, which lets an up-to-date item be skipped before it is read.
+
+``images`` may also be a STAC document (a ``.json`` URL: an ItemCollection, Catalog, Collection or Item): each
+Item gives one image, the asset ``stac_asset`` chooses (:func:`dinoseg_core.io.stac.read_stac_images`); band
+names choose the bands of a multi-band asset, carried on the item as ``bands``.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from prefect.cache_policies import NO_CACHE
 from dinoseg_core.errors import InputError, ObjectNotFoundError
 from dinoseg_core.io import storage
 from dinoseg_core.io.imageio import RASTER_SUFFIXES
+from dinoseg_core.io.stac import is_stac, read_stac_images
 from tasks.retry import STORAGE_RETRIES
 
 #: Extensions taken from a folder or prefix (a glob or an explicit list takes what it names).
@@ -28,11 +33,13 @@ ItemKind = Literal["tile", "scene"]
 
 @dataclass(frozen=True)
 class WorkItem:
-    """One image to label: its URL, its listing stamp (None: not listed, read and hash it) and its kind."""
+    """One image to label: its URL, its listing stamp (None: not listed, read and hash it), its kind, and its
+    1-based bands when a STAC catalog chose them by name (None: the run's bands)."""
 
     url: str
     stamp: str | None = None
     kind: ItemKind = "tile"
+    bands: tuple[int, ...] | None = None
 
 
 def item_kind(url: str) -> ItemKind:
@@ -50,6 +57,8 @@ def input_prefix(images: str | Sequence[str], items: Sequence[WorkItem] = ()) ->
     explicit list (keys keep the whole path)."""
     if not isinstance(images, str):
         return None
+    if is_stac(images):  # keys relative to the catalog's folder
+        return images.rsplit("/", 1)[0] if "/" in images else ""
     if is_glob(images):
         cut = min(i for i, ch in enumerate(images) if ch in "*?[")
         return images[:cut].rsplit("/", 1)[0]
@@ -59,9 +68,17 @@ def input_prefix(images: str | Sequence[str], items: Sequence[WorkItem] = ()) ->
 
 
 @task(name="list-images", cache_policy=NO_CACHE, **STORAGE_RETRIES)
-def list_images(images: str | Sequence[str], storage_options: dict | None = None) -> list[WorkItem]:
+def list_images(images: str | Sequence[str], storage_options: dict | None = None, stac_asset: str | None = None
+                ) -> list[WorkItem]:
     """The collection's items, sorted (a glob, folder or single file) or in the given order (a list, duplicates
-    dropped). A pattern that matches nothing, an empty folder or a missing file is an :class:`InputError`."""
+    dropped; a STAC document, in its items' order). A pattern that matches nothing, an empty folder or a missing
+    file is an :class:`InputError`; so is an Item without the asset ``stac_asset`` asks for."""
+    if is_stac(images):
+        return [WorkItem(image.url, None, "scene" if image.raster else item_kind(image.url), image.bands)
+                for image in read_stac_images(images, stac_asset, storage_options)]
+    if stac_asset is not None:
+        raise InputError(f"stac_asset={stac_asset!r} chooses the assets of a STAC catalog, but images={images!r} is "
+                         "not one (a .json URL); leave stac_asset out")
     if not isinstance(images, str):
         urls = list(dict.fromkeys(images))
         if not urls:

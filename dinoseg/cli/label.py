@@ -10,8 +10,8 @@ import sys
 from dinoseg.cli.options import (
     EXIT_OK,
     add_backbone_option,
-    add_command,
     add_collection_options,
+    add_command,
     add_run_options,
     bands,
     collection_images,
@@ -24,6 +24,7 @@ from dinoseg.cli.prefect_api import report_labelling, run_flow
 from dinoseg.cli.segment import METHOD_TITLE
 from dinoseg_core.config import InsidConfig, MethodOptions, SceneConfig, SceneOptions, add_options
 from dinoseg_core.errors import InputError
+
 
 def add_commands(commands) -> None:
     label = add_command(
@@ -45,13 +46,17 @@ def add_commands(commands) -> None:
     preview.add_argument("--limit", type=int, default=None, help="at most this many images")
 
     export = add_command(commands, "export", run_export,
-                         help="turn a concept's georeferenced masks into polygons, or into Cloud-Optimized GeoTIFFs")
+                         help="turn a concept's georeferenced masks into polygons, Cloud-Optimized GeoTIFFs or a STAC "
+                         "catalog of label items")
     _add_archive_options(export)
     export.add_argument("--out", required=True,
-                        help="output file URL (.geojson, .gpkg or .parquet); with --format cog, an output folder")
-    export.add_argument("--format", choices=["geojson", "gpkg", "parquet", "cog"], default=None,
-                        help="default: from the file extension; cog: one <source stem>.<concept>.tif per mask")
+                        help="output file URL (.geojson, .gpkg or .parquet); with --format cog or stac, a folder")
+    export.add_argument("--format", choices=["geojson", "gpkg", "parquet", "cog", "stac"], default=None,
+                        help="default: from the file extension; cog: one <source stem>.<concept>.tif per mask; stac: "
+                        "a static catalog, one label Item per mask with its COG (or its Zarr record)")
     export.add_argument("--to-crs", default=None, help="reproject, e.g. EPSG:4326 (default: the source CRS)")
+    export.add_argument("--polygons", action="store_true",
+                        help="with --format stac: also each Item's polygons as GeoJSON (EPSG:4326)")
 
 
     vacuum = add_command(commands, "vacuum", run_vacuum,
@@ -158,10 +163,13 @@ def run_export(args: argparse.Namespace) -> int:
     keys = [key for _, key in archive.list_masks(args.concept)]
     if not keys:
         raise InputError(f"--concept {args.concept!r}: no masks in {args.archive}; it has {archive.list_concepts()}")
-    if args.format == "cog":
+    if args.polygons and args.format != "stac":
+        raise InputError("--polygons adds polygons to STAC items: use it with --format stac")
+    if args.format in ("cog", "stac"):
         if args.to_crs:
-            raise InputError("--to-crs reprojects polygons; COGs keep the source's grid: leave --to-crs out")
-        return _export_cogs(args, archive, keys)
+            raise InputError(f"--to-crs reprojects polygons; --format {args.format} keeps the source's grid: leave "
+                             "--to-crs out")
+        return _export_cogs(args, archive, keys) if args.format == "cog" else _export_stac(args, archive, keys)
     records, crs = [], None
     for key in keys:
         record, mask = archive.mask_array(args.concept, key)
@@ -201,6 +209,17 @@ def _export_cogs(args: argparse.Namespace, archive, keys: list[str]) -> int:
     for uri in skipped:
         print(f"skipped {uri}: no georeferencing (not made from a GeoTIFF)", file=sys.stderr)
     print(f"wrote {len(written)} COG(s) of '{args.concept}' to {args.out}, skipped {len(skipped)}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _export_stac(args: argparse.Namespace, archive, keys: list[str]) -> int:
+    """OUT/catalog.json and one STAC label Item per mask (dinoseg_core.io.stac.write_label_catalog)."""
+    from dinoseg_core.io.stac import write_label_catalog
+
+    names = unique_names([archive.mask_record(args.concept, key)["source_uri"] for key in keys])
+    url, count = write_label_catalog(archive, args.concept, keys, names, args.out, polygons=args.polygons,
+                                     storage_options=args.storage_options)
+    print(f"wrote a STAC catalog of {count} label item(s) of '{args.concept}': {url}", file=sys.stderr)
     return EXIT_OK
 
 
