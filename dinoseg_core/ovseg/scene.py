@@ -162,9 +162,13 @@ def segment_scene(
         start = time.perf_counter()
         logits = segmenter.logits(image, classes, f"{name} window ({i}, {j})", size=window_input,
                                   global_view=None if len(grid) == 1 and config.global_context else False)
-        if global_logits is not None:
-            local = sample_window(global_logits, window, tuple(logits.shape[-2:]), (height, width))
-            logits = (1.0 - cfg.global_weight) * logits + cfg.global_weight * local.to(logits.device)
+        if global_logits is not None:  # blended as a tile's global view is (logits or probabilities)
+            glob = sample_window(global_logits, window, tuple(logits.shape[-2:]), (height, width)).to(logits.device)
+            if segmenter.average == "probabilities":
+                logits = torch.log(((1.0 - cfg.global_weight) * torch.softmax(logits, dim=0)
+                                    + cfg.global_weight * torch.softmax(glob, dim=0)).clamp_min(1e-12))
+            else:
+                logits = (1.0 - cfg.global_weight) * logits + cfg.global_weight * glob
         timings["views"] += time.perf_counter() - start
         start = time.perf_counter()
         probs = torch.softmax(logits, dim=0)

@@ -165,7 +165,14 @@ class TextSegmenter:
         return local_global_logits(
             self._score(classes), pixels, window=cfg.window, stride=cfg.stride,
             global_view=cfg.global_view if global_view is None else global_view, global_weight=cfg.global_weight,
-            output_stride=cfg.output_stride, patch_size=self.dinotxt.patch_size, batch_windows=cfg.batch_windows)
+            output_stride=cfg.output_stride, patch_size=self.dinotxt.patch_size, batch_windows=cfg.batch_windows,
+            average=self.average)
+
+    @property
+    def average(self) -> str:
+        """How views are averaged: ``"logits"`` or ``"probabilities"`` (the config's ``average``, set by its
+        recipe)."""
+        return getattr(self.config, "average", "logits")
 
     def view_logits(self, view: np.ndarray, classes: ClassEmbeddings, name: str = "global view") -> torch.Tensor:
         """Logits (K', h, w) of one global view, scored whole at its own size (float32 (h, w, 3) in [0, 1], sides

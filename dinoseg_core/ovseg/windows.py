@@ -112,6 +112,7 @@ def local_global_logits(
     output_stride: int,
     patch_size: int,
     batch_windows: int = 8,
+    average: str = "logits",
 ) -> torch.Tensor:
     """Aggregate ``score_fn`` over sliding windows and a global view of one working-size image.
 
@@ -123,10 +124,15 @@ def local_global_logits(
         global_weight: the result is ``(1 - w) * mean of windows + w * global`` (``w`` ignored without a global view).
         output_stride: pixels per cell of the output grid.
         batch_windows: windows per ``score_fn`` call.
+        average: ``"logits"`` averages the views' logits; ``"probabilities"`` averages their softmax over K (dino.txt's
+            recipe) and returns the log of the blend, so that the caller's softmax gives back those probabilities.
 
     Returns:
         float32 (K, H / output_stride, W / output_stride) logits.
     """
+    if average not in ("logits", "probabilities"):
+        raise InputError(f"average={average!r}: use 'logits' or 'probabilities'")
+    as_probs = average == "probabilities"
     _, height, width = pixels.shape
     if height % patch_size or width % patch_size:
         raise InputError(f"pixels of {height}x{width}: both sides must be multiples of the patch size {patch_size}")
@@ -142,6 +148,8 @@ def local_global_logits(
         out_hw = (batch[0].height // s, batch[0].width // s)
         if tuple(logits.shape[-2:]) != out_hw:
             logits = F.interpolate(logits, size=out_hw, mode="bilinear", align_corners=False)
+        if as_probs:
+            logits = torch.softmax(logits, dim=1)
         if total is None:
             total = torch.zeros(logits.shape[1], *grid, device=logits.device)
         for w, item in zip(batch, logits):
@@ -151,14 +159,16 @@ def local_global_logits(
             count[:, rows, cols] += 1
     assert total is not None  # at least one window always exists
     local = total / count
-    if not global_view:
-        return local
     gh, gw = global_view_size(height, width, window, patch_size)
-    if (gh, gw) == (height, width) and len(windows) == 1:
-        return local  # the global view is the single window: same logits
+    if not global_view or ((gh, gw) == (height, width) and len(windows) == 1):
+        # (the global view of a single window is that window: same scores)
+        return torch.log(local.clamp_min(1e-12)) if as_probs else local
     view = pixels[None] if (gh, gw) == (height, width) else F.interpolate(
         pixels[None], size=(gh, gw), mode="bilinear", align_corners=False, antialias=True)
     glob = F.interpolate(score_fn(view).float(), size=grid, mode="bilinear", align_corners=False)[0]
+    if as_probs:
+        blended = (1.0 - global_weight) * local + global_weight * torch.softmax(glob, dim=0)
+        return torch.log(blended.clamp_min(1e-12))
     return (1.0 - global_weight) * local + global_weight * glob
 
 
