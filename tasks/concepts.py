@@ -73,6 +73,11 @@ class ConceptSet:
     scenes = True
 
     @property
+    def input_side(self) -> int:
+        """The longest side the backbone sees: a larger tile is decoded reduced towards it (imageio.decode_tile)."""
+        return max(c.config.image_size for c in self.concepts)
+
+    @property
     def scene_radiometry(self) -> Radiometry:
         return self.radiometry or Radiometry.parse(self.scene.radiometry)
 
@@ -120,7 +125,7 @@ class ConceptSet:
                                                       concept.config)
                         timings = {"read": tile.read_seconds, **result.timings}
                         archive.write_mask(
-                            name, tile.key, result.mask,
+                            name, tile.key, _at_source_size(result.mask, getattr(tile, "source_hw", None)),
                             attrs={**tile.source_attrs(), **methods[name].attrs(),
                                    "timings": {k: round(v, 4) for k, v in timings.items()}},
                             similarity=result.similarity if job.run.save_similarity else None,
@@ -194,15 +199,26 @@ def _warn_image_references(concept: PreparedConcept, source) -> None:
         source.radiometry, shown, more)
 
 
+def _at_source_size(mask, source_hw: tuple[int, int] | None):
+    """A mask of a tile decoded reduced (:func:`dinoseg_core.io.imageio.decode_tile`), at its file's size."""
+    if source_hw is None or tuple(mask.shape) == tuple(source_hw):
+        return mask
+    from dinoseg_core.preprocess import resize_mask
+
+    return resize_mask(mask, tuple(source_hw))
+
+
 def feature_cache(url: str | None, storage_options: dict | None) -> FeatureCache:
     """The run's feature cache (the storage options apply to a URL given by the user, not to the local default)."""
     return FeatureCache(url, storage_options if url else None)
 
 
 @task(name="load-references", cache_policy=NO_CACHE, **STORAGE_RETRIES)
-def load_references(url: str, storage_options: dict | None = None) -> ReferenceManifest:
-    """Read and validate a reference manifest (YAML/JSON) at ``url``."""
-    return load_manifest(url, storage_options)
+def load_references(url: str, storage_options: dict | None = None,
+                    allow_reference_urls: list[str] | None = None) -> ReferenceManifest:
+    """Read and validate a reference manifest (YAML/JSON) at ``url``; its references must stay within its own
+    storage unless they start with one of ``allow_reference_urls`` (refused before any is read)."""
+    return load_manifest(url, storage_options, allow_reference_urls or ())
 
 
 @task(name="prepare-concept", cache_policy=NO_CACHE, task_run_name="prepare-{concept}", **STORAGE_RETRIES)
