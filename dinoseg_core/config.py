@@ -153,8 +153,18 @@ def _argument(hint: Any) -> dict[str, Any]:
     raise TypeError(f"no command-line form for a field of type {hint!r}")
 
 
-def _dest(prefix: str, name: str) -> str:
-    return prefix.replace("-", "_") + name
+def _option_name(source: type, prefix: str, name: str) -> str:
+    """A field's option without the dashes: ``prefix`` + the field's name, or the field's ``flag`` metadata, which
+    names it whatever the prefix (``SceneConfig.radiometry`` is ``--radiometry``, not ``--scene-radiometry``)."""
+    if dataclasses.is_dataclass(source):
+        flag = next((f.metadata.get("flag") for f in fields(source) if f.name == name), None)
+        if flag:
+            return flag
+    return prefix + name.replace("_", "-")
+
+
+def _dest(source: type, prefix: str, name: str) -> str:
+    return _option_name(source, prefix, name).replace("-", "_")
 
 
 def _selected(source: type, exclude: Iterable[str], only: Iterable[str] | None) -> list[tuple[str, Any, Any, str]]:
@@ -176,10 +186,10 @@ def add_options(parser: argparse.ArgumentParser, source: type, title: str, *, pr
         if default is not None:  # a None default is explained by the help text ("None: cuda if available")
             help_text = f"{help_text} (default: {shown})"
         keywords = _argument(hint)
-        flags = ["--" + prefix + name.replace("_", "-")]
+        flags = ["--" + _option_name(source, prefix, name)]
         if keywords.get("action") == "append" and name.endswith("s"):
             flags.insert(0, flags[0][:-1])
-        group.add_argument(*flags, dest=_dest(prefix, name), default=None, help=help_text.replace("%", "%%"),
+        group.add_argument(*flags, dest=_dest(source, prefix, name), default=None, help=help_text.replace("%", "%%"),
                            **keywords)
 
 
@@ -187,7 +197,7 @@ def given_options(args: argparse.Namespace, source: type, *, prefix: str = "", e
                   only: Iterable[str] | None = None) -> dict[str, Any]:
     """The fields of ``source`` the user gave on the command line (field name -> value), as :func:`add_options`
     with the same arguments declared them."""
-    given = {name: getattr(args, _dest(prefix, name), None) for name, *_ in _selected(source, exclude, only)}
+    given = {name: getattr(args, _dest(source, prefix, name), None) for name, *_ in _selected(source, exclude, only)}
     return {name: value for name, value in given.items() if value is not None}
 
 
@@ -265,7 +275,7 @@ class SceneConfig(ConfigBase):
     )
     radiometry: str = field(
         default="scene-percentile",
-        metadata={"help": "how raster values become the model's 0..1 input (8-bit data is used as is unless fixed or "
+        metadata={"flag": "radiometry", "help": "how raster values become the model's 0..1 input (8-bit data is used as is unless fixed or "
                   "scale): scene-percentile (each scene's own 2-98% stretch), collection-percentile (one stretch "
                   "for the whole collection, kept in the archive for later runs), fixed:LOW,HIGH (or "
                   "LOW,HIGH;LOW,HIGH;LOW,HIGH per band), scale:FACTOR[,OFFSET], none (8-bit only)"},
