@@ -7,9 +7,14 @@ parameters; how it runs (device, storage, freshness, batching, where batches run
 
 from __future__ import annotations
 
+import json
+import re
+import threading
+import time
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 #: Where label batches run: a thread pool in the flow's process, or a Dask cluster (prefect-dask).
 TaskRunnerKind = Literal["threads", "dask"]
@@ -19,7 +24,7 @@ class RunOptions(BaseModel):
     """How a labelling run runs. Every field has a default; a deployment or a command sets only what it changes,
     e.g. ``--param run='{"cache": "s3://lake/dinoseg/cache", "workers": 4}'``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)  # errors never show secrets
 
     device: str | None = Field(default=None, description="torch device; None: cuda if available, else cpu")
     dtype: Literal["float32", "bfloat16"] | None = Field(default=None, description="backbone dtype; None: float32")
@@ -28,7 +33,11 @@ class RunOptions(BaseModel):
         "auto (torch on CUDA, else scipy); every backend gives the same partitions")
     compile: bool = Field(default=False, description="torch.compile the backbone (worth it for long GPU runs)")
     storage_options: dict[str, Any] | None = Field(
-        default=None, description="fsspec options for every URL (endpoint, credentials; never logged)")
+        default=None, description="fsspec options for every URL (endpoint, region, profile); credentials are "
+        "refused here (parameters are stored in clear): see secret_storage_options")
+    secret_storage_options: str | None = Field(
+        default=None, description="name of a Prefect Secret block holding a JSON object of fsspec options with "
+        "credentials (key, secret, token); merged over storage_options where the storage is read, never a parameter")
     force: bool = Field(default=False, description="relabel everything, even masks that are up to date")
     save_similarity: bool = Field(default=False, description="also store each mask's similarity map (float16)")
     cache: str | None = Field(
@@ -51,6 +60,113 @@ class RunOptions(BaseModel):
     concurrency_limit: str | None = Field(
         default=None, description="a Prefect global concurrency limit; each batch holds one slot while it is in the "
         "backbone (`prefect gcl create gpu --limit 1`)")
+    allow_reference_urls: list[str] | None = Field(
+        default=None, description="URL prefixes a manifest's references may point to outside the manifest's own "
+        "bucket or filesystem, e.g. s3://shared/refs/ (repeatable); None: none")
+    max_image_pixels: int | None = Field(
+        default=None, ge=1, description="largest tile (width x height) decoded, checked from its header; None: 256 x "
+        "the backbone's input (8192 x 8192 at 512 px); larger tiles fail alone, tiles over 2x the input are decoded "
+        "reduced")
+
+    @field_validator("storage_options")
+    @classmethod
+    def _no_credentials(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        found = credential_fields(value)
+        if found:
+            raise ValueError(
+                f"{', '.join(found)}: credentials are not taken as run options (a flow's parameters are stored in "
+                "clear on the Prefect server). Give them to the process that runs the flow instead: environment "
+                "variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_PROFILE; "
+                "GOOGLE_APPLICATION_CREDENTIALS), a named profile (storage_options {\"profile\": \"NAME\"}), or a "
+                "Prefect Secret block holding them as JSON, named by secret_storage_options "
+                "(--secret-storage-options NAME)")
+        return value
+
+
+#: Parts of a storage option's name (lower case, letters and digits only) that mark a credential.
+_CREDENTIAL_PARTS = ("secret", "token", "password", "passwd", "credential", "accesskey", "privatekey", "apikey",
+                     "connectionstring", "signature", "sas")
+
+
+def credential_fields(value: Any, path: str = "storage_options") -> list[str]:
+    """Where ``value`` (fsspec storage options, nested mappings and lists too) holds credentials: a key named like
+    ``key``, ``*_key``, ``secret``, ``token``, ``password``, ``credentials``, ... (any case), or a URL with a
+    password. Non-secret settings such as ``endpoint_url``, ``profile``, ``region_name`` or ``SSEKMSKeyId`` pass."""
+    found: list[str] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            name = re.sub(r"[^a-z0-9]", "", str(key).lower())
+            where = f"{path}.{key}"
+            if name.endswith("key") or any(part in name for part in _CREDENTIAL_PARTS):
+                found.append(where)
+            else:
+                found.extend(credential_fields(item, where))
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            found.extend(credential_fields(item, f"{path}[{index}]"))
+    elif isinstance(value, str) and "://" in value:
+        try:
+            has_password = urlsplit(value).password is not None
+        except ValueError:
+            has_password = False
+        if has_password:
+            found.append(f"{path} (a URL with a password)")
+    return found
+
+
+#: Seconds a Secret block's value is reused in a process before it is loaded again (rotated credentials).
+SECRET_TTL_S = 300.0
+_secrets: dict[str, tuple[float, dict[str, Any]]] = {}
+_secrets_lock = threading.Lock()
+
+
+def resolved_storage_options(run: RunOptions) -> dict[str, Any] | None:
+    """The run's fsspec options where they are used: ``run.storage_options`` with the JSON object of the Prefect
+    Secret block named ``run.secret_storage_options`` merged over them (nested mappings such as ``client_kwargs``
+    key by key). The block is loaded in the calling process (a worker's, not the flow's parameters), through the
+    Prefect API it is configured with, and reused for :data:`SECRET_TTL_S`. Never pass the result as a parameter.
+
+    Raises:
+        InputError: no such block, or its value is not a JSON object.
+    """
+    if not run.secret_storage_options:
+        return run.storage_options
+    return _merged(run.storage_options or {}, _secret_options(run.secret_storage_options))
+
+
+def _merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _secret_options(name: str) -> dict[str, Any]:
+    from dinoseg_core.errors import InputError
+
+    with _secrets_lock:
+        cached = _secrets.get(name)
+        if cached is not None and time.monotonic() - cached[0] < SECRET_TTL_S:
+            return cached[1]
+        from prefect.blocks.system import Secret
+
+        try:
+            value = Secret.load(name, _sync=True).get()
+        except ValueError as exc:
+            raise InputError(
+                f"secret_storage_options {name!r}: no Prefect Secret block of that name ({type(exc).__name__}); "
+                f"create it with Secret(value={{\"key\": ..., \"secret\": ...}}).save({name!r}) or in the UI"
+            ) from None
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                value = None
+        if not isinstance(value, dict):  # the value itself is never shown
+            raise InputError(f"secret_storage_options {name!r}: the Secret block must hold a JSON object of fsspec "
+                             'options, e.g. {"key": "...", "secret": "..."}')
+        _secrets[name] = (time.monotonic(), value)
+        return value
 
 
 def run_options(run: RunOptions | dict[str, Any] | None) -> RunOptions:
