@@ -15,18 +15,21 @@ from dinoseg.cli.options import (
     add_collection_options,
     add_command,
     add_run_options,
+    bands,
     collection_images,
     config_options,
     require_local,
     run_options,
 )
 from dinoseg.cli.prefect_api import report_labelling, run_flow
-from dinoseg_core.config import add_options
+from dinoseg_core.config import SceneConfig, SceneOptions, add_options, apply_options
 from dinoseg_core.errors import InputError
 from dinoseg_core.ovseg.classes import require_background
 from dinoseg_core.ovseg.config import HeadOptions, OvsegConfig, OvsegOptions, SegHeadConfig, TrainConfig, TrainOptions
 
 INFERENCE_TITLE = "open-vocabulary inference options"
+#: Scene options of INSID3 only (similarity fusion weight, foreground threshold): classes compete per pixel.
+SCENE_INSID3_ONLY = ("global_weight", "threshold")
 
 
 def add_commands(commands) -> None:
@@ -37,9 +40,14 @@ def add_commands(commands) -> None:
                        "@): one class per line, '#' comments, 'name: prompt1; prompt2' synonyms")
     add_collection_options(label)
     label.add_argument("--concept-prefix", default="", help="prefix of every class's concept name, e.g. 'text-'")
+    label.add_argument("--bands", type=bands, default=None,
+                       help="GeoTIFF bands to use as RGB, 1-based like rasterio, e.g. 4,3,2 (scenes only)")
     _add_text_model_options(label, head=True)
     add_run_options(label)
     add_options(label, OvsegConfig, INFERENCE_TITLE)
+    add_options(label, SceneConfig, "large scenes: GeoTIFF/COG inputs (*.tif) are windowed, each window an image "
+                "(window default --short-side: full resolution; context default --window)", prefix="scene-",
+                exclude=SCENE_INSID3_ONLY)
 
     train = add_command(commands, "train-ovss", run_train_ovss,
                         help="train the dinov3.seg head on a labelled dataset (flow; towers frozen, resumable)")
@@ -118,17 +126,22 @@ def run_label_text(args: argparse.Namespace) -> int:
     written), 2 if nothing could be done (bad class list, unreadable weights...)."""
     run = run_options(args)
     options = config_options(args, OvsegOptions, OvsegConfig())
+    scene = config_options(args, SceneOptions, SceneConfig(), prefix="scene-", exclude=SCENE_INSID3_ONLY)
     # before any server starts: a bad class file, or one class with nothing to compete with
     from dinoseg_core.io.classfile import read_classes
 
     require_background(read_classes(args.classes, run.storage_options).names,
                        options.model_dump(exclude_none=True) if options is not None else {})
+    from dinoseg_core.ovseg.scene import resolve_scene_config
+
+    # and a scene overlap not below the scene window
+    resolve_scene_config(apply_options(SceneConfig(), scene), apply_options(OvsegConfig(), options))
     images = collection_images(args)
     _check_text_model(args)
     summary = run_flow(
         "flows.text", "label_with_text", classes=args.classes, images=images, archive=args.archive,
         dinotxt=args.dinotxt, bpe=args.bpe, backbone=args.backbone, head=args.head, options=options,
-        concept_prefix=args.concept_prefix, run=run,
+        concept_prefix=args.concept_prefix, scene=scene, bands=args.bands, run=run,
     )
     concepts = ", ".join(f"{k} -> {v}" for k, v in summary["concepts"].items())
     return report_labelling(summary, args.archive, extra=f"concepts: {concepts}; ")

@@ -169,6 +169,41 @@ def test_the_text_commands(tmp_path, capsys):
     assert set(json.loads((tmp_path / "eval.json").read_text())["iou"]) == set(SHAPE_CLASSES)
 
 
+@pytest.mark.slow
+def test_label_text_streams_a_geotiff_scene_into_the_archive_with_its_crs(tmp_path, capsys):
+    """A 16-bit GeoTIFF through ``dinoseg label-text``: windowed, one mask per class placed by rioxarray on the
+    scene's grid; a scene overlap not below the window is refused before any server starts."""
+    import rasterio
+    import rioxarray  # noqa: F401
+    import xarray as xr
+
+    from tests.dinoseg_core.geo_data import band_stack, write_geotiff
+
+    path = write_geotiff(tmp_path / "scene.tif", band_stack(96, 160, count=4))
+    archive_url = str(tmp_path / "a.zarr")
+    args = ["label-text", "--classes", "grass,red square", "--images", path, "--archive", archive_url, "--dinotxt",
+            TINY, "--device", "cpu", "--short-side", "64", "--window", "64", "--stride", "32", "--templates",
+            "a photo of a {}.", "--bands", "3,2,1", "--scene-overlap", "16"]
+    assert cli(args) == 0
+    assert "labelled 1, skipped 0, failed 0" in capsys.readouterr().err
+    archive = MaskArchive.open(archive_url, mode="r")
+    assert {c for c, _ in archive.list_masks()} == {"grass", "red_square"}
+    masks = [archive.load(c, k) for c, k in sorted(archive.list_masks())]
+    assert all(m.mask.shape == (96, 160) for m in masks) and not (masks[0].mask & masks[1].mask).any()
+    assert masks[0].record["config"]["scene"] == {"window_size": 64, "overlap": 16, "global_context": True,
+                                                  "global_weight": 0.5, "context_size": 64, "threshold": 0.5}
+    assert masks[0].record["scene_windows"] == 6
+    with rasterio.open(path) as src:
+        crs, transform = src.crs, src.transform
+    dataset = xr.open_zarr(archive_url, group=masks[0].record["group"], consolidated=False)
+    mask = dataset["mask"].rio.write_crs(dataset["mask"].rio.crs)
+    assert mask.rio.crs == crs and mask.rio.transform().almost_equals(transform)
+    assert cli(args) == 0 and "labelled 0, skipped 1" in capsys.readouterr().err
+
+    assert cli(args[:-1] + ["64"]) == 2
+    assert "overlap=64 must be smaller than window_size=64" in capsys.readouterr().err
+
+
 def test_sparkline():
     assert sparkline([3.0, 2.0, 1.0, 1.0]) == "█▅▁▁"
     assert sparkline([1.0]) == "▁" and sparkline([]) == ""
