@@ -78,8 +78,8 @@ def _options_documented():
     from dinoseg_core.ovseg import OvsegConfig, TrainConfig
     from tasks.options import RunOptions
 
-    def flags(config, prefix=""):
-        return [f"--{prefix}{f.name.replace('_', '-')}" for f in dataclasses.fields(config)]
+    def flags(config, prefix=""):  # a field's "flag" metadata names its option whatever the prefix
+        return [f"--{f.metadata.get('flag') or prefix + f.name.replace('_', '-')}" for f in dataclasses.fields(config)]
 
     return [
         ("docs/method.md", flags(InsidConfig)),
@@ -133,7 +133,8 @@ def test_documented_defaults_are_the_code_defaults():
     from tasks.options import RunOptions
 
     defaults = [("docs/method.md", {f.name: f.default for f in dataclasses.fields(InsidConfig)}),
-                ("docs/scenes.md", {f"scene_{f.name}": f.default for f in dataclasses.fields(SceneConfig)}),
+                ("docs/scenes.md", {(f.metadata.get("flag") or f"scene-{f.name}").replace("-", "_"): f.default
+                                    for f in dataclasses.fields(SceneConfig)}),
                 ("docs/deployments.md", {name: f.default for name, f in RunOptions.model_fields.items()})]
     wrong, compared = [], 0
     for page, values in defaults:
