@@ -4,7 +4,8 @@ Storage adapter: what a checkpoint holds is the model's business (:func:`dinoseg
 :meth:`~dinoseg_core.ovseg.model.SegModel.from_checkpoint`); this module turns it into bytes at a URL and back.
 File layout: the tensors (``head.<param>``, ``optim.<i>.<state>``, ``loss_history``) and, in the safetensors
 header's ``__metadata__``, one entry ``dinoseg`` holding the JSON metadata (whose ``format`` must be
-:data:`~dinoseg_core.ovseg.model.CHECKPOINT_FORMAT`).
+:data:`~dinoseg_core.ovseg.model.CHECKPOINT_FORMAT`; ``head`` names the head kind, ``small`` or ``catseg``, and
+``head_config`` its architecture; a file without ``head`` predates head kinds and holds a small head).
 
 - :func:`load_seg_model` / :func:`save_seg_model`: a whole :class:`~dinoseg_core.ovseg.model.SegModel` head;
 - :class:`HeadCheckpoint`: the resumable checkpoint of :func:`dinoseg_core.ovseg.train.train` at a URL;
@@ -87,23 +88,27 @@ def write_head_checkpoint(url: str | os.PathLike[str], tensors: dict[str, torch.
 
 
 def load_seg_model(url: str | os.PathLike[str], dinotxt: DinoTxt, storage_options: dict[str, Any] | None = None, *,
-                   allow_other_dinotxt: bool = False) -> SegModel:
+                   allow_other_dinotxt: bool = False, kind: str | None = None) -> SegModel:
     """A :class:`SegModel` over ``dinotxt`` with the head at ``url`` (written by :func:`save_seg_model` or by
-    training with a :class:`HeadCheckpoint`).
+    training with a :class:`HeadCheckpoint`), of the kind the file records.
+
+    Args:
+        kind: the head kind expected (``"small"`` / ``"catseg"``); None: whichever the file holds.
 
     Raises:
-        CheckpointError: not a head checkpoint, a missing/unexpected/misshapen tensor, or (unless
-            ``allow_other_dinotxt``) a head trained on other dino.txt weights than ``dinotxt``.
+        CheckpointError: not a head checkpoint, a missing/unexpected/misshapen tensor, a head of another kind than
+            ``kind`` (both named), or (unless ``allow_other_dinotxt``) a head trained on other dino.txt weights
+            than ``dinotxt``.
         ObjectNotFoundError: nothing at ``url``.
     """
     tensors, meta = read_head_checkpoint(url, storage_options)
     return SegModel.from_checkpoint(tensors, meta, dinotxt, name=storage.display_url(url),
-                                    allow_other_dinotxt=allow_other_dinotxt)
+                                    allow_other_dinotxt=allow_other_dinotxt, kind=kind)
 
 
 def save_seg_model(model: SegModel, url: str | os.PathLike[str], storage_options: dict[str, Any] | None = None,
                    metadata: dict[str, Any] | None = None) -> None:
-    """Write ``model``'s head (weights + config + the dino.txt fingerprint, plus ``metadata``) to ``url``."""
+    """Write ``model``'s head (weights, kind, config and the dino.txt fingerprint, plus ``metadata``) to ``url``."""
     tensors, meta = model.checkpoint(metadata)
     write_head_checkpoint(url, tensors, meta, storage_options)
 

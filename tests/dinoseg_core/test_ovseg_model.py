@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dinoseg_core.errors import CheckpointError, InputError
-from dinoseg_core.io.heads import HeadCheckpoint, read_head_checkpoint
+from dinoseg_core.io.heads import HeadCheckpoint, load_seg_model, read_head_checkpoint, save_seg_model
 from dinoseg_core.ovseg import (
     OvsegConfig,
     SegHead,
@@ -115,6 +115,12 @@ def test_checkpoints_record_the_head_kind_and_refuse_another(dinotxt):
     assert isinstance(loaded.head, CatSegHead) and loaded.fingerprint() == model.fingerprint()
     with pytest.raises(CheckpointError, match=r"holds a 'catseg' head, not a 'small' one; use --head catseg"):
         SegModel.from_checkpoint(tensors, meta, dinotxt, name="run.safetensors", kind="small")
+    url = "memory://ovseg-kinds/head.safetensors"  # the same through a file at a URL
+    save_seg_model(model, url)
+    assert read_head_checkpoint(url)[1]["head"] == "catseg"
+    assert isinstance(load_seg_model(url, dinotxt).head, CatSegHead)
+    with pytest.raises(CheckpointError, match=r"ovseg-kinds/head.safetensors: this checkpoint holds a 'catseg' head"):
+        load_seg_model(url, dinotxt, kind="small")
     relabelled = {**meta, "head": "small", "head_config": {**meta["head_config"], "kind": "small"}}
     with pytest.raises(CheckpointError, match="tensors of a 'catseg' head: the metadata is wrong"):
         head_from_checkpoint(tensors, relabelled, "run.safetensors")
