@@ -63,6 +63,9 @@ def add_commands(commands) -> None:
     add_run_options(train, only=DEVICE_OPTIONS)
     add_options(train, TrainConfig, "training options")
     add_options(train, SegHeadConfig, "head architecture options", prefix="head-", exclude=("feature_dim",))
+    train.add_argument("--head", dest="head_kind", choices=["small", "catseg"], default=None,
+                       help="head architecture, the same as --head-kind (default: "
+                       f"{SegHeadConfig().kind}); a checkpoint of another kind is not resumed")
 
     evaluate = add_command(commands, "eval-ovss", run_eval_ovss,
                            help="mIoU per class and overall of zero-shot dino.txt or a trained head (flow)")
