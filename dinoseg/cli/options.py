@@ -18,8 +18,10 @@ from dinoseg_core.config import DEFAULT_BACKBONE, add_options, apply_options, gi
 from dinoseg_core.errors import InputError
 from tasks.options import RunOptions
 
-# Exit codes: 0 every item done; 1 some items failed (the others were written); 2 nothing could be done.
-EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
+# Exit codes (docs/reliability.md): 0 every item done; 1 some items failed (the others were written); 2 a bad
+# argument, input or configuration (nothing done); 3 infrastructure: the Prefect server, storage unreachable or
+# full, an internal error; 128 + the signal when stopped by one (130 Ctrl-C, 143 SIGTERM).
+EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_INFRA = 0, 1, 2, 3
 
 #: The run options of a command that runs the method without a flow (segment, basis, correspond, the trainer).
 DEVICE_OPTIONS = ("device", "dtype", "storage_options")

@@ -75,16 +75,16 @@ def test_a_bad_text_argument_is_one_line_before_any_server(lake, args, message):
     assert message.format(lake=lake) in err[0] and imported == []
 
 
-def test_an_unreachable_server_is_one_line_naming_the_fix(lake):
+def test_an_unreachable_server_is_one_line_naming_the_fix_and_exit_3(lake):
     code, err, _ = dinoseg(*label_args(lake), env={"PREFECT_API_URL": "http://127.0.0.1:9/api"})
-    assert code == 2 and not any("Traceback" in line for line in err), err
+    assert code == 3 and not any("Traceback" in line for line in err), err
     assert err[-1].startswith("dinoseg: error: no Prefect server answers at PREFECT_API_URL=http://127.0.0.1:9/api")
     assert "prefect server start" in err[-1]
 
 
-def test_a_temporary_server_that_does_not_come_up_is_one_line_naming_the_fix(lake):
+def test_a_temporary_server_that_does_not_come_up_is_one_line_naming_the_fix_and_exit_3(lake):
     code, err, _ = dinoseg(*label_args(lake), env={"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "0"})
-    assert code == 2 and not any("Traceback" in line for line in err), err
+    assert code == 3 and not any("Traceback" in line for line in err), err
     assert err[-1].startswith("dinoseg: error: the temporary Prefect server did not come up within 0 s")
     assert "set PREFECT_API_URL" in err[-1] and "raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in err[-1]
 
