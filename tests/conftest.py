@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -16,7 +17,9 @@ def s3_server() -> Iterator[dict[str, Any]]:
     moto's in-process ``mock_aws`` does not intercept s3fs (aiobotocore), hence a server. Yields a dict:
 
     - ``endpoint_url``: ``"http://127.0.0.1:<port>"``
-    - ``storage_options``: fsspec/s3fs options for that endpoint (dummy ``testing`` credentials)
+    - ``storage_options``: fsspec/s3fs options for that endpoint, without credentials: like a user's, the dummy
+      ``testing`` credentials come from the environment (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, set for the
+      session and its subprocesses; run options refuse credentials in storage options)
     - ``make_bucket(name=None) -> str``: creates a bucket (a fresh unique name if none; names need 3+ characters)
       and returns its URL ``"s3://<name>"``.
     - ``client``: a boto3 S3 client for that endpoint (to act as "another process" behind s3fs's caches).
@@ -26,6 +29,9 @@ def s3_server() -> Iterator[dict[str, Any]]:
     import boto3
     from moto import server as server_mod
 
+    credentials = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+    saved = {name: os.environ.get(name) for name in credentials}
+    os.environ.update(credentials)
     server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
@@ -47,8 +53,6 @@ def s3_server() -> Iterator[dict[str, Any]]:
         yield {
             "endpoint_url": endpoint_url,
             "storage_options": {
-                "key": "testing",
-                "secret": "testing",
                 "endpoint_url": endpoint_url,
                 "client_kwargs": {"region_name": region},
             },
@@ -57,3 +61,8 @@ def s3_server() -> Iterator[dict[str, Any]]:
         }
     finally:
         server.stop()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
