@@ -30,7 +30,7 @@ from dinoseg_core.io.radiometry import EIGHT_BIT, Radiometry
 from tasks import runtime
 from tasks.freshness import MethodStamp
 from tasks.labelling import PERMANENT, LabelJob, Pending
-from tasks.options import RunOptions
+from tasks.options import RunOptions, resolved_storage_options
 from tasks.retry import STORAGE_RETRIES
 from tasks.runtime import BackboneSpec
 from tasks.sources import ItemKind
@@ -99,7 +99,7 @@ class ConceptSet:
         """One backbone pass per batch and feature configuration; every concept of that configuration reuses it."""
         if not tiles:
             return
-        so = job.run.storage_options
+        so = resolved_storage_options(job.run)
         cache = feature_cache(self.cache_url, so)
         methods = self.methods("tile")
         by_name = {c.name: c for c in self.concepts}
@@ -142,7 +142,7 @@ class ConceptSet:
         from dinoseg_core.io.maskwriter import ZarrMaskWriter
         from dinoseg_core.io.raster import open_raster, raster_reader
 
-        so = job.run.storage_options
+        so = resolved_storage_options(job.run)
         cache = feature_cache(self.cache_url, so)
         methods = self.methods("scene")
         source = open_raster(scene.url, self.bands, so, radiometry=self.scene_radiometry)
@@ -231,8 +231,9 @@ def prepare_concept(manifest: ReferenceManifest, concept: str, backbone: Backbon
     with (None: each reference scene's own percentile stretch)."""
     spec = manifest.concept(concept)
     config = apply_options(manifest.config_for(concept), method)
-    so = run.storage_options
+    so = resolved_storage_options(run)
     cache = feature_cache(run.cache, so)
+    max_pixels = imageio.max_tile_pixels(config.image_size, run.max_image_pixels)
     wanted = {url for p in spec.references for url in (p.image_url, p.mask_url)}
     contents = {url: storage.read_bytes(url, so) for url in manifest.reference_urls() if url in wanted}
     hashes = {url: hashlib.sha256(data).hexdigest() for url, data in contents.items()}
@@ -246,7 +247,7 @@ def prepare_concept(manifest: ReferenceManifest, concept: str, backbone: Backbon
         )
         refs = runtime.reference_set(key, cache, seg.backbone.device)
         if refs is None:
-            shots = [_read_shot(p, contents, bands, so, radiometry) for p in spec.references]
+            shots = [_read_shot(p, contents, bands, so, radiometry, max_pixels) for p in spec.references]
             refs = seg.embed_references([i for i, _ in shots], [m for _, m in shots],
                                         names=[p.image_url for p in spec.references])
     runtime.remember_reference_set(key, refs, cache)
@@ -255,13 +256,17 @@ def prepare_concept(manifest: ReferenceManifest, concept: str, backbone: Backbon
 
 
 def _read_shot(pair, contents: dict[str, bytes], bands: tuple[int, ...] | None, storage_options: dict | None,
-               radiometry: Radiometry | None = None):
+               radiometry: Radiometry | None = None, max_pixels: int | None = None):
     """(image, mask) of one reference: GeoTIFF/COG references through rasterio (the run's bands and radiometry,
-    nodata removed from the mask), other images decoded from the bytes already read."""
+    nodata removed from the mask), other images decoded from the bytes already read. An image or raster of more
+    than ``max_pixels`` is refused from its header or metadata, before anything is decoded."""
     if pair.image_url.lower().endswith(RASTER_SUFFIXES):
-        from dinoseg_core.io.raster import read_reference
+        from dinoseg_core.io.raster import open_raster, read_reference
 
+        if max_pixels is not None:
+            height, width = open_raster(pair.image_url, bands, storage_options).shape
+            imageio.check_pixels(pair.image_url, width, height, max_pixels)
         return read_reference(pair.image_url, pair.mask_url, bands=bands, storage_options=storage_options,
                               radiometry=radiometry)
-    return (imageio.decode_image(contents[pair.image_url], pair.image_url),
-            imageio.decode_mask(contents[pair.mask_url], pair.mask_url))
+    return (imageio.decode_image(contents[pair.image_url], pair.image_url, max_pixels=max_pixels),
+            imageio.decode_mask(contents[pair.mask_url], pair.mask_url, max_pixels=max_pixels))

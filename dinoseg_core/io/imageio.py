@@ -51,6 +51,7 @@ __all__ = [
     "PALETTE",
     "TILE_PIXELS_FACTOR",
     "ImageTooLargeError",
+    "check_pixels",
     "contrast_color",
     "decode_image",
     "decode_mask",
@@ -105,6 +106,14 @@ def max_tile_pixels(input_side: int | None = None, max_pixels: int | None = None
     if input_side is None:
         return MAX_IMAGE_PIXELS
     return min(MAX_IMAGE_PIXELS, TILE_PIXELS_FACTOR * int(input_side) ** 2)
+
+
+def check_pixels(name: str, width: int, height: int, max_pixels: int,
+                 why: str = "this run's limit: max_image_pixels, or 256 x the backbone's input") -> None:
+    """Raise :class:`ImageTooLargeError` naming ``name``, its size and the option to raise when ``width x height``
+    is over ``max_pixels`` (for sizes read from metadata, e.g. a raster's)."""
+    if width * height > max_pixels:
+        raise _too_large(name, width, height, max_pixels, why)
 
 
 def _too_large(name: str, width: int, height: int, limit: int, why: str) -> ImageTooLargeError:
@@ -186,7 +195,8 @@ def _open(data: bytes | bytearray | memoryview, name: str, *, limit: int | None 
     return oriented, (width, height)  # rotated a quarter turn
 
 
-def decode_image(data: bytes | bytearray | memoryview, name: str = "<bytes>") -> np.ndarray:
+def decode_image(data: bytes | bytearray | memoryview, name: str = "<bytes>", *,
+                 max_pixels: int | None = None) -> np.ndarray:
     """Decode image file bytes (PNG, JPEG, TIFF, ...) to ``float32 (H, W, 3)`` in ``[0, 1]``.
 
     See the module docstring for the per-mode rules (grey replicated, alpha dropped, 16-bit / 65535, float
@@ -195,11 +205,20 @@ def decode_image(data: bytes | bytearray | memoryview, name: str = "<bytes>") ->
     Args:
         data: the file's bytes.
         name: what to call the source in error messages (a URL or file name).
+        max_pixels: the most pixels allowed, checked from the header (e.g. :func:`max_tile_pixels`); None:
+            :data:`MAX_IMAGE_PIXELS`.
 
     Raises:
-        ImageDecodeError: empty, truncated, corrupt or non-image bytes, or an image over :data:`MAX_IMAGE_PIXELS`.
+        ImageDecodeError: empty, truncated, corrupt or non-image bytes, or an image over the limit
+            (:class:`ImageTooLargeError`).
     """
-    return _to_rgb(_open(data, name)[0], name)
+    return _to_rgb(_open(data, name, **_limit(max_pixels))[0], name)
+
+
+def _limit(max_pixels: int | None) -> dict[str, Any]:
+    if max_pixels is None:
+        return {}
+    return {"limit": int(max_pixels), "limit_why": "this run's limit: max_image_pixels, or 256 x the backbone's input"}
 
 
 def decode_tile(data: bytes | bytearray | memoryview, name: str = "<bytes>", *, max_pixels: int | None = None,
@@ -252,7 +271,8 @@ def _to_rgb(img: Image.Image, name: str) -> np.ndarray:
     return np.ascontiguousarray(np.repeat(grey[..., None], 3, axis=2), dtype=np.float32)
 
 
-def decode_mask(data: bytes | bytearray | memoryview, name: str = "<bytes>") -> np.ndarray:
+def decode_mask(data: bytes | bytearray | memoryview, name: str = "<bytes>", *,
+                max_pixels: int | None = None) -> np.ndarray:
     """Decode mask file bytes to ``bool (H, W)``.
 
     ``1``/``L``/``LA``/``P``/``I``/``I;16``/``F``: first channel ``> 0`` (``P``: the palette index, so index 0 is
@@ -260,9 +280,10 @@ def decode_mask(data: bytes | bytearray | memoryview, name: str = "<bytes>") -> 
     channel ``> 0`` (alpha ignored). All-zero masks are allowed. EXIF orientation is applied.
 
     Raises:
-        ImageDecodeError: empty, truncated, corrupt or non-image bytes.
+        ImageDecodeError: empty, truncated, corrupt or non-image bytes, or more than ``max_pixels`` (as
+            :func:`decode_image`).
     """
-    img = _open(data, name)[0]
+    img = _open(data, name, **_limit(max_pixels))[0]
     mode = img.mode
     try:
         if mode in ("1", "L", "P", "I", "F") or mode in _SIXTEEN_BIT:
