@@ -62,3 +62,38 @@ def test_switching_recipes_moves_the_fields_left_at_the_old_recipe():
     assert apply_options(OvsegConfig(), {"recipe": "dinotxt", "templates": ["a {}."]}).templates == ("a {}.",)
     with pytest.raises(InputError, match="unknown OvsegConfig field"):
         apply_options(OvsegConfig(), {"recipes": "dinotxt"})
+
+
+@pytest.mark.slow
+def test_the_dinotxt_recipe_averages_window_probabilities_without_a_cls_term():
+    """End to end through TextSegmenter: each window scored alone by patch-text cosine only, its softmax averaged
+    where windows overlap, no global view; against windows cut and scored here."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from dinoseg_core.ovseg import TextSegmenter, load_dinotxt
+    from dinoseg_core.preprocess import prepare_image
+
+    dinotxt = load_dinotxt("random:tiny@0", device="cpu")
+    p = dinotxt.patch_size
+    config = OvsegConfig(recipe="dinotxt", short_side=4 * p, window=2 * p, stride=p, templates=("a photo of a {}.",))
+    segmenter = TextSegmenter(dinotxt, config)
+    image = np.random.default_rng(0).random((4 * p, 6 * p, 3), dtype=np.float32)
+    classes = segmenter.embed_classes(["road", "water", "field"])
+    probabilities = torch.softmax(segmenter.logits(image, classes), dim=0)
+
+    norm = dinotxt.backbone.normalization
+    pixels = prepare_image(image, (4 * p, 6 * p), norm.mean, norm.std, dinotxt.device)
+    s, cell = config.output_stride, 2 * p // config.output_stride
+    total, count = torch.zeros(3, 4 * p // s, 6 * p // s), torch.zeros(1, 4 * p // s, 6 * p // s)
+    for top in (0, p, 2 * p):
+        for left in (0, p, 2 * p, 3 * p, 4 * p):
+            _, patches = dinotxt.image_tokens(pixels[None, :, top:top + 2 * p, left:left + 2 * p])
+            cosine = torch.einsum("bdhw,kd->bkhw", F.normalize(patches, dim=1), classes.patch)
+            logits = F.interpolate(cosine / config.temperature, size=(cell, cell), mode="bilinear",
+                                   align_corners=False)
+            total[:, top // s:top // s + cell, left // s:left // s + cell] += torch.softmax(logits, dim=1)[0]
+            count[:, top // s:top // s + cell, left // s:left // s + cell] += 1
+    torch.testing.assert_close(probabilities, total / count, rtol=1e-4, atol=1e-5)
+    assert segmenter.provenance(classes)["config"]["recipe"] == "dinotxt"
