@@ -2,7 +2,8 @@
 
 - :mod:`dinoseg.cli.segment`: ``segment``, ``basis``, ``correspond``: the method on images, no Prefect;
 - :mod:`dinoseg.cli.label`: ``label`` (the ``label_collection`` flow), ``preview``, ``export``;
-- :mod:`dinoseg.cli.text`: ``label-text``, ``train-ovss``, ``eval-ovss`` (the :mod:`flows.text` flows).
+- :mod:`dinoseg.cli.text`: ``label-text``, ``train-ovss``, ``eval-ovss`` (the :mod:`flows.text` flows);
+- :mod:`dinoseg.cli.quality`: ``evaluate``, ``calibrate`` (the :mod:`flows.evaluation` flows).
 
 Options are generated from the configs (:mod:`dinoseg_core.config`, :mod:`dinoseg_core.ovseg.config`) and from
 :class:`tasks.options.RunOptions`, so every default is written once. Building the parser imports neither torch nor
@@ -25,7 +26,7 @@ import traceback
 from collections.abc import Sequence
 from typing import NoReturn
 
-from dinoseg.cli import label, segment, text
+from dinoseg.cli import label, quality, segment, text
 from dinoseg.cli.options import EXIT_INFRA, EXIT_USAGE, Parser
 from dinoseg.cli.prefect_api import PrefectUnavailable
 from dinoseg_core import stop
@@ -44,7 +45,7 @@ def build_parser() -> Parser:
     parser = Parser(prog="dinoseg", description=DESCRIPTION)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (segment, label, text):
+    for group in (segment, label, text, quality):
         group.add_commands(commands)
     return parser
 
