@@ -20,7 +20,7 @@ from dinoseg_core.config import (
 )
 from flows.engine import RESULT_SERIALIZER, label
 from tasks.concepts import ConceptSet, load_references, prepare_concept
-from tasks.options import RunOptions
+from tasks.options import RunOptions, resolved_storage_options
 from tasks.radiometry import resolve_radiometry, run_record
 from tasks.runtime import BackboneSpec
 from tasks.runtime import backbone as load_backbone
@@ -58,14 +58,15 @@ def label_collection(
     band_tuple = tuple(bands) if bands else None
 
     def prepare(options: RunOptions) -> ConceptSet:
-        manifest = load_references(references, options.storage_options)
+        so = resolved_storage_options(options)  # a Secret block's credentials stay in this process
+        manifest = load_references(references, so, options.allow_reference_urls)
         # a collection stretch: the archive's recorded one, else computed now and recorded in this run's log
-        radiometry = resolve_radiometry(scene_config.radiometry, archive, images, band_tuple, options.storage_options)
+        radiometry = resolve_radiometry(scene_config.radiometry, archive, images, band_tuple, so)
         parameters["radiometry"] = run_record(radiometry, band_tuple)
         spec = BackboneSpec(backbone, options.device, options.dtype, options.compile)
         concepts = tuple(prepare_concept(manifest, name, spec, method_given, band_tuple, options, radiometry)
                          for name in manifest.concepts)
-        model = load_backbone(spec, options.storage_options)
+        model = load_backbone(spec, so)
         get_run_logger().info("%d concept(s): %s", len(concepts), ", ".join(manifest.concepts))
         return ConceptSet(spec, model.fingerprint, model.is_random, concepts, scene_config, band_tuple, options.cache,
                           radiometry)

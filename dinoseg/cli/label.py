@@ -91,7 +91,7 @@ def run_label(args: argparse.Namespace) -> int:
     run = run_options(args)
     method = config_options(args, MethodOptions, InsidConfig())
     scene = config_options(args, SceneOptions, SceneConfig(), prefix="scene-")
-    _check_local_manifest(args.references)
+    _check_local_manifest(args.references, run.allow_reference_urls)
     images = collection_images(args)
     summary = run_flow(
         "flows.labelling", "label_collection", references=args.references, images=images, archive=args.archive,
@@ -100,13 +100,14 @@ def run_label(args: argparse.Namespace) -> int:
     return report_labelling(summary, args.archive)
 
 
-def _check_local_manifest(url: str) -> None:
-    """A local manifest is read and validated now (a remote one is read by the flow)."""
+def _check_local_manifest(url: str, allow_reference_urls: list[str] | None = None) -> None:
+    """A local manifest is read and validated now, its references' origins included (a remote one is read by the
+    flow)."""
     require_local(url, "--references")
     if local_path(url) is not None:
         from dinoseg_core.io.manifest import load_manifest
 
-        load_manifest(url)
+        load_manifest(url, allow_reference_urls=allow_reference_urls or ())
 
 
 def _open_archive(args: argparse.Namespace):
