@@ -130,7 +130,9 @@ def run_jobs(runner: TaskRunner, jobs: list[tuple[dict[str, Any], list[str]]], d
     total = sum(len(urls) for _, urls in jobs)
     progress = create_progress_artifact(0.0, key=artifact_key("progress"), description=description)
     outcomes: list[ImageOutcome] = []
-    bar = tqdm(total=total, desc="label", unit="image", disable=None)  # shown on a terminal only
+    # shown on a terminal only (a worker's or a test's stderr is not one): done/total, failed, images/s, ETA
+    bar = tqdm(total=total, desc=flow_run.get_flow_name() or "label", unit="image", disable=None, dynamic_ncols=True)
+    bar.set_postfix(failed=0, refresh=False)
     with runner:
         futures = {runner.submit(label_batch, parameters): urls for parameters, urls in jobs}
         for future in as_completed(list(futures)):
@@ -140,6 +142,7 @@ def run_jobs(runner: TaskRunner, jobs: list[tuple[dict[str, Any], list[str]]], d
                 reason = f"{type(exc).__name__}: {exc}"
                 outcomes.extend(ImageOutcome(url, "failed", reason=reason) for url in futures[future])
             update_progress_artifact(progress, 100.0 * len(outcomes) / max(total, 1))
+            bar.set_postfix(failed=sum(o.status == "failed" for o in outcomes), refresh=False)
             bar.update(len(futures[future]))
     bar.close()
     return outcomes

@@ -3,7 +3,10 @@ names, each mask also a COG (``run.cog_output``), and one overlay image artifact
 browser can open."""
 
 import datetime as dt
+import io
 import json
+import re
+import sys
 
 import httpx
 import numpy as np
@@ -38,8 +41,13 @@ def _stac_on_s3(bucket: str, tmp_path, so) -> str:
     return url
 
 
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
 @pytest.mark.slow
-def test_a_stac_catalog_on_s3_is_labelled_with_cogs_and_an_overlay_artifact(s3_server, tmp_path):
+def test_a_stac_catalog_on_s3_is_labelled_with_cogs_and_an_overlay_artifact(s3_server, tmp_path, monkeypatch):
     so = s3_server["storage_options"]
     bucket = s3_server["make_bucket"]()
     write_collection(bucket, tiles=0, storage_options=so, concepts=("roof",))
@@ -48,9 +56,15 @@ def test_a_stac_catalog_on_s3_is_labelled_with_cogs_and_an_overlay_artifact(s3_s
     run = {"device": "cpu", "cache": str(tmp_path / "cache"), "storage_options": so,
            "stac_asset": "red,green,blue", "cog_output": True}
 
-    state = label_collection(references=f"{bucket}/refs.yaml", images=catalog, archive=archive_url, backbone=TINY,
-                             scene={"overlap": 32}, run=run, return_state=True)
+    terminal = Terminal()
+    with monkeypatch.context() as patch:  # on a terminal, the run draws a progress bar
+        patch.setattr(sys, "stderr", terminal)
+        state = label_collection(references=f"{bucket}/refs.yaml", images=catalog, archive=archive_url,
+                                 backbone=TINY, scene={"overlap": 32}, run=run, return_state=True)
     assert state.is_completed(), state.message
+    bar = terminal.getvalue().rsplit("\r", 1)[-1]
+    assert "label-collection" in bar and "2/2" in bar and "failed=0" in bar, bar
+    assert re.search(r"\d(image/s|s/image)", bar), bar  # the rate (tqdm flips it below one image a second)
     assert state.result()["labelled"] == 2
     archive = MaskArchive.open(archive_url, so, mode="r")
     keys = [key for _, key in archive.list_masks("roof")]
