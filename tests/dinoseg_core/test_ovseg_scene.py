@@ -138,3 +138,31 @@ def test_scene_defaults_follow_the_segmenter_and_bad_overlaps_fail_early():
     assert (resolve_scene_config(None, small).window_size, resolve_scene_config(None, small).overlap) == (96, 24)
     with pytest.raises(InputError, match="overlap=100 must be smaller than window_size=96"):
         resolve_scene_config(SceneConfig(overlap=100), small)
+
+
+@pytest.mark.slow
+def test_memory_is_bounded_by_the_window_not_the_scene(segmenter, classes, tmp_path):
+    """numpy allocations (traced: reads, class probabilities, stitch buffers) stay flat when the scene grows 4x
+    in height, far below one whole-scene float32 image."""
+    import tracemalloc
+
+    from tests.dinoseg_core.geo_data import band_stack
+
+    peaks = {}
+    for height in (256, 1024):
+        path = write_geotiff(tmp_path / f"s{height}.tif", band_stack(height, 128, count=3))
+        source = open_raster(path)
+        written = {"pixels": 0}
+
+        def writer(row, col, block, written=written):
+            written["pixels"] += block.size
+
+        tracemalloc.start()
+        with raster_reader(source) as reader:
+            result = segment_scene(segmenter, classes, reader.read, source.shape, writer,
+                                   config=SceneConfig(window_size=64, overlap=16))
+        peaks[height] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert written["pixels"] == height * 128 and result.windows == len(WindowGrid.build(height, 128, 64, 16))
+    assert peaks[1024] < 1024 * 128 * 3 * 4 / 2, peaks  # half of the scene as one float32 RGB image
+    assert peaks[1024] < peaks[256] * 1.25, peaks
