@@ -39,7 +39,7 @@ from dinoseg_core.io.archive import MaskArchive, image_key
 from dinoseg_core.io.storage import failure_kind
 from tasks import retry
 from tasks.freshness import MethodStamp, relabel_reason
-from tasks.options import RunOptions
+from tasks.options import RunOptions, resolved_storage_options
 from tasks.retry import STORAGE_RETRIES
 from tasks.sources import ItemKind, WorkItem
 
@@ -88,6 +88,9 @@ class Pending:
     image: np.ndarray | None
     started: float
     read_seconds: float = 0.0
+    #: (H, W) of the source file; a large tile is decoded reduced (imageio.decode_tile) and its masks are resized
+    #: back to this size by the labeller
+    source_hw: tuple[int, int] | None = None
 
     @property
     def url(self) -> str:
@@ -134,7 +137,7 @@ def label_batch(items: list[WorkItem], labeller: Labeller, job: LabelJob) -> lis
         BatchStopped: the storage is full: the batch stopped, with the outcomes so far.
         Exception: what fails for the whole batch before any item (the archive cannot be opened).
     """
-    archive = MaskArchive.open(job.archive_url, job.run.storage_options, mode="a")
+    archive = MaskArchive.open(job.archive_url, resolved_storage_options(job.run), mode="a")
     outcomes: dict[str, ImageOutcome] = {}
     first: dict[str, tuple[tuple[str, ...], float]] = {}  # url -> (concepts out of date at the first try, start)
     queue, attempt = list(items), 1
@@ -256,7 +259,7 @@ def _out_of_date(item: WorkItem, labeller: Labeller, archive: MaskArchive, job: 
                  ) -> Pending | None:
     """The item with the concepts to write, read as far as its labeller needs; None when all are up to date.
     The listing stamp decides without a read when nothing changed; otherwise the sha256 of the bytes does."""
-    so, force = job.run.storage_options, job.run.force
+    so, force = resolved_storage_options(job.run), job.run.force
     kind: ItemKind = item.kind if labeller.scenes else "tile"
     methods = labeller.methods(kind)
     key = image_key(item.url, job.input_prefix)
@@ -274,8 +277,12 @@ def _out_of_date(item: WorkItem, labeller: Labeller, archive: MaskArchive, job: 
     if not todo:
         return None
     stamp = item.stamp or storage.stat_stamp(item.url, so)
-    image = imageio.decode_image(data, item.url) if data is not None else None
-    return Pending(item, key, sha, stamp, todo, image, started, read_seconds=time.perf_counter() - started)
+    image = source_hw = None
+    if data is not None:  # pixel count checked from the header first; a large tile decoded at the size used
+        image, source_hw = imageio.decode_tile(data, item.url, max_pixels=job.run.max_image_pixels,
+                                               input_side=getattr(labeller, "input_side", None))
+    return Pending(item, key, sha, stamp, todo, image, started, read_seconds=time.perf_counter() - started,
+                   source_hw=source_hw)
 
 
 def object_sha256(url: str, storage_options: dict | None) -> str:
