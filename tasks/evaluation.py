@@ -164,7 +164,15 @@ def calibrated_manifest_text(references: str, raw: dict[str, Any], results: list
             entry["references"] = [{"image": p.image_url, "mask": p.mask_url} for p in spec.references]
         result = by_name.get(name)
         if result is not None:
-            entry["config"] = {**(entry.get("config") or {}), **result["overrides"]}
+            # the run's options won over the concept's own during calibration: they win in the output too; then
+            # tau / merge_threshold are written where what label would read differs from what was chosen
+            own = dict(entry.get("config") or {})
+            own.update({k: v for k, v in (method or {}).items() if k in own})
+            effective = InsidConfig().replace(**{**config, **own})
+            for field in ("tau", "merge_threshold"):
+                if getattr(effective, field) != result["chosen"][field]:
+                    own[field] = result["chosen"][field]
+            entry["config"] = own
             if not entry["config"]:
                 entry.pop("config")
             d, c = result["default"], result["chosen"]
