@@ -30,6 +30,14 @@ small for remote-sensing scenes. Importing this module raises Pillow's process-w
 :data:`MAX_IMAGE_PIXELS` (2**30, e.g. 32768 x 32768, whose float32 decode needs ~12.9 GB) and this module itself
 refuses anything larger with an :class:`ImageDecodeError` that says how to proceed. Change the limit by
 assigning ``dinoseg_core.io.imageio.MAX_IMAGE_PIXELS``; tile larger scenes instead of decoding them whole.
+
+Tiles for a model (:func:`decode_tile`) have a tighter limit, :func:`max_tile_pixels`: the run's
+``max_image_pixels``, else :data:`TILE_PIXELS_FACTOR` (256) times the model's square input (a 30000 x 30000 PNG of
+0.9 MB is refused from its header, before a byte is decoded, with an :class:`ImageTooLargeError`). Tiles within it
+but at least twice the input a side are decoded reduced by a whole factor (JPEG by DCT scaling in the decoder,
+others in their own bit depth, then a box average), so a float32 copy exists only near the model's size.
+
+Errors describe undecodable bytes (their length, the formats expected) and never show them.
 """
 
 from __future__ import annotations
