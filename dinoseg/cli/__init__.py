@@ -3,7 +3,8 @@
 - :mod:`dinoseg.cli.segment`: ``segment``, ``basis``, ``correspond``: the method on images, no Prefect;
 - :mod:`dinoseg.cli.label`: ``label`` (the ``label_collection`` flow), ``preview``, ``export``;
 - :mod:`dinoseg.cli.text`: ``label-text``, ``train-ovss``, ``eval-ovss`` (the :mod:`flows.text` flows);
-- :mod:`dinoseg.cli.quality`: ``evaluate``, ``calibrate`` (the :mod:`flows.evaluation` flows).
+- :mod:`dinoseg.cli.quality`: ``evaluate``, ``calibrate`` (the :mod:`flows.evaluation` flows);
+- :mod:`dinoseg.cli.serve`: ``serve``: the labelling flows served from this process (no work pool).
 
 Options are generated from the configs (:mod:`dinoseg_core.config`, :mod:`dinoseg_core.ovseg.config`) and from
 :class:`tasks.options.RunOptions`, so every default is written once. Building the parser imports neither torch nor
@@ -26,7 +27,7 @@ import traceback
 from collections.abc import Sequence
 from typing import NoReturn
 
-from dinoseg.cli import label, quality, segment, text
+from dinoseg.cli import label, quality, segment, serve, text
 from dinoseg.cli.options import EXIT_INFRA, EXIT_USAGE, Parser
 from dinoseg.cli.prefect_api import PrefectUnavailable
 from dinoseg_core import stop
@@ -45,7 +46,7 @@ def build_parser() -> Parser:
     parser = Parser(prog="dinoseg", description=DESCRIPTION)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (segment, label, text, quality):
+    for group in (segment, label, text, quality, serve):
         group.add_commands(commands)
     return parser
 
@@ -55,6 +56,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Prefect's telemetry heartbeat locks a temporary server's SQLite database ("database is locked")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     args = build_parser().parse_args(argv)
+    if "PREFECT_LOGGING_LEVEL" not in os.environ and args.command != "serve":
+        # Prefect's INFO lines (a "Finished in state Completed()" per task) would bury the progress bar: the terminal
+        # shows Prefect's warnings only, unless PREFECT_LOGGING_LEVEL is set; the server still gets every line
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
     level = logging.DEBUG if args.verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     for name in ("dinoseg", "dinoseg_core"):  # our progress at INFO; libraries (httpx, botocore...) only warn
