@@ -145,5 +145,5 @@ print(sorted(m for m in %r if m in sys.modules))
     assert result.returncode == 0, result.stderr
     names, imported = result.stdout.splitlines()
     assert names == str(sorted(["segment", "basis", "correspond", "label", "preview", "export", "vacuum",
-                                "label-text", "train-ovss", "eval-ovss", "evaluate", "calibrate"]))
+                                "label-text", "train-ovss", "eval-ovss", "evaluate", "calibrate", "serve"]))
     assert imported == "[]"
