@@ -227,9 +227,11 @@ class InContextSegmenter:
         return results
 
     def embed_references(
-        self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray], names: Sequence[str] | None = None
+        self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray], names: Sequence[str] | None = None,
+        mask_names: Sequence[str] | None = None,
     ) -> ReferenceSet:
-        """Embed S reference images (H, W, 3) and masks (H, W) once: debiased features, patch masks, prototype."""
+        """Embed S reference images (H, W, 3) and masks (H, W) once: debiased features, patch masks, prototype.
+        ``names`` (of the images) and ``mask_names`` (of the masks, e.g. their files) name them in errors."""
         if len(images) == 0:
             raise InputError("reference set is empty: give at least one reference image with its mask")
         if len(images) != len(masks):
@@ -237,9 +239,10 @@ class InContextSegmenter:
         names = list(names or [f"reference[{i}]" for i in range(len(images))])
         for image, name in zip(images, names):
             validate_image(image, name, self.backbone.patch_size)
+        mask_names = list(mask_names or [f"{name} mask" for name in names])
         input_masks = [
-            prepare_mask(mask, image.shape[:2], self._input_hw(image), f"{name} mask")
-            for image, mask, name in zip(images, masks, names)
+            prepare_mask(mask, image.shape[:2], self._input_hw(image), mask_name)
+            for image, mask, mask_name in zip(images, masks, mask_names)
         ]
         shots = []
         for target, mask in zip(self._extract(images, names), input_masks):

@@ -249,7 +249,8 @@ def prepare_concept(manifest: ReferenceManifest, concept: str, backbone: Backbon
         if refs is None:
             shots = [_read_shot(p, contents, bands, so, radiometry, max_pixels) for p in spec.references]
             refs = seg.embed_references([i for i, _ in shots], [m for _, m in shots],
-                                        names=[p.image_url for p in spec.references])
+                                        names=[p.image_url for p in spec.references],
+                                        mask_names=[p.mask_url for p in spec.references])
     runtime.remember_reference_set(key, refs, cache)
     images = tuple(p.image_url for p in spec.references if not p.image_url.lower().endswith(RASTER_SUFFIXES))
     return PreparedConcept(concept, config, key, concept_hash(manifest, concept, hashes), images)
