@@ -34,11 +34,12 @@ from prefect.states import Completed, Failed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from tqdm import tqdm
 
-from dinoseg_core.errors import InputError
-from tasks.labelling import ImageOutcome, LabelJob, Labeller, label_batch
+from dinoseg_core.errors import InputError, OutOfSpaceError
+from tasks.labelling import BATCH_NOT_WRITTEN, BatchStopped, ImageOutcome, LabelJob, Labeller, label_batch
 from tasks.options import RunOptions, run_options
 from tasks.outputs import write_outputs
 from tasks.reporting import open_archive, write_run_log
+from tasks.retry import fatal
 from tasks.runtime import thread_budget
 from tasks.sources import WorkItem, input_prefix, list_images
 
@@ -80,11 +81,13 @@ def label(
     get_run_logger().info("%d image(s) (%s) in %d batch(es); %d batch(es) at once; threads %s", len(items),
                           ", ".join(sorted(kinds)), len(jobs), run.workers, threads)
     labelling_started = time.perf_counter()
-    outcomes = run_jobs(runner, jobs, f"dinoseg: {len(items)} images")
-    outcomes = write_outputs(outcomes, job, list(labeller.methods("tile")), run_id, artifact_key("overlay"))
+    outcomes, stopped = run_jobs(runner, jobs, f"dinoseg: {len(items)} images")
+    if stopped is None:  # a full disk: nothing more is written
+        outcomes = write_outputs(outcomes, job, list(labeller.methods("tile")), run_id, artifact_key("overlay"))
     record = {"started": created, "images": images if isinstance(images, str) else list(images),
               **parameters, "run": run.model_dump(exclude={"storage_options"}), "threads": threads}
-    return finish_run(outcomes, archive, so, started, labelling_started, run_id, record, title=title)
+    return finish_run(outcomes, archive, so, started, labelling_started, run_id, record, title=title,
+                      stopped=stopped)
 
 
 def with_item_bands(labeller: Labeller, items: list[WorkItem]) -> Labeller:
@@ -123,56 +126,134 @@ def artifact_key(kind: str, flow_name: str | None = None) -> str:
 
 
 def run_jobs(runner: TaskRunner, jobs: list[tuple[dict[str, Any], list[str]]], description: str
-             ) -> list[ImageOutcome]:
+             ) -> tuple[list[ImageOutcome], BaseException | None]:
     """Submit ``label_batch`` once per (parameters, image URLs) job on ``runner`` and collect the outcomes as they
     come, with a progress artifact (key :func:`artifact_key` ``("progress")``) and, on a terminal, a progress bar.
-    A job whose retries ran out fails each of its images with the job's error as the reason."""
+    Returns the outcomes and the fatal error that stopped the run (None when none did).
+
+    A job whose retries ran out fails each of its images with the job's error as the reason. A fatal storage error
+    (disk full: :class:`tasks.labelling.BatchStopped`) stops the run: jobs not started are cancelled and their
+    images reported ``not written``; jobs under way end on their own (their writes fail the same way)."""
     total = sum(len(urls) for _, urls in jobs)
     progress = create_progress_artifact(0.0, key=artifact_key("progress"), description=description)
     outcomes: list[ImageOutcome] = []
+    stopped: BaseException | None = None
     # shown on a terminal only (a worker's or a test's stderr is not one): done/total, failed, images/s, ETA
     bar = tqdm(total=total, desc=flow_run.get_flow_name() or "label", unit="image", disable=None, dynamic_ncols=True)
     bar.set_postfix(failed=0, refresh=False)
     with runner:
         futures = {runner.submit(label_batch, parameters): urls for parameters, urls in jobs}
+        left = dict(futures)
         for future in as_completed(list(futures)):
-            try:
-                outcomes.extend(future.result())
-            except Exception as exc:  # retries exhausted: every image of the job failed for this reason
-                reason = f"{type(exc).__name__}: {exc}"
-                outcomes.extend(ImageOutcome(url, "failed", reason=reason) for url in futures[future])
+            left.pop(future, None)
+            batch, fatal = _batch_outcomes(future, futures[future])
+            outcomes.extend(batch)
             update_progress_artifact(progress, 100.0 * len(outcomes) / max(total, 1))
             bar.set_postfix(failed=sum(o.status == "failed" for o in outcomes), refresh=False)
             bar.update(len(futures[future]))
+            if fatal is not None:
+                stopped = fatal
+                break
+        if stopped is not None:
+            get_run_logger().error("the run stops: %s", stopped)
+            for future, urls in left.items():
+                wrapped = getattr(future, "wrapped_future", None)
+                if wrapped is not None and wrapped.cancel():  # not started: nothing of it was written
+                    outcomes.extend(ImageOutcome(url, "failed", reason=NOT_WRITTEN) for url in urls)
+                else:
+                    outcomes.extend(_batch_outcomes(future, urls)[0])
     bar.close()
-    return outcomes
+    return outcomes, stopped
+
+
+#: The reason of an image a full disk kept from being labelled.
+NOT_WRITTEN = BATCH_NOT_WRITTEN
+
+
+def _batch_outcomes(future: Any, urls: list[str]) -> tuple[list[ImageOutcome], BaseException | None]:
+    """A finished job's outcomes, and the fatal error that stopped it (None when none did)."""
+    try:
+        return future.result(), None
+    except Exception as exc:
+        if isinstance(exc, BatchStopped) or fatal(exc):
+            done = getattr(exc, "outcomes", None) or [ImageOutcome(url, "failed", reason=NOT_WRITTEN) for url in urls]
+            return done, exc
+        reason = f"{type(exc).__name__}: {exc}"  # retries exhausted: every image of the job failed for this reason
+        return [ImageOutcome(url, "failed", reason=reason) for url in urls], None
+
+
+class RunStopped(OutOfSpaceError):
+    """The run stopped on a full disk (or quota): the message says why, and what was and was not written;
+    ``summary`` is the run's summary (what :func:`finish_run` returns otherwise)."""
+
+    def __init__(self, message: str, summary: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.summary = summary or {}
 
 
 def finish_run(
     outcomes: list[ImageOutcome], archive: str, storage_options: dict[str, Any] | None, started: float,
     labelling_started: float, run_id: str, parameters: dict[str, Any], *, title: str = "dinoseg labelling summary",
+    stopped: BaseException | None = None,
 ) -> Completed | Failed:
     """The end of every labelling flow: the summary table artifact (``metric``, ``value``), a failures table
     (``uri``, ``reason``) when images failed, both keyed by :func:`artifact_key`; the run log (only when something
     happened) and the final state: Completed, or Failed listing the failures so that a schedule's owner sees
-    them."""
+    them.
+
+    Raises:
+        RunStopped: ``stopped`` (a full disk) ended the run; raised after the artifacts, whether or not the run log
+            could be written, naming what was and was not written.
+    """
     summary = _summary(outcomes, time.perf_counter() - started, time.perf_counter() - labelling_started)
+    if stopped is not None:
+        summary["stopped"] = str(stopped)
     get_run_logger().info("labelled %(labelled)d, skipped %(skipped)d, failed %(failed)d", summary)
     create_table_artifact(
         [{"metric": f"images {k}", "value": summary[k]} for k in ("labelled", "skipped", "failed")]
         + [{"metric": "seconds", "value": summary["seconds"]},
-           {"metric": "seconds per labelled image", "value": summary["seconds_per_labelled_image"]}],
+           {"metric": "seconds per labelled image", "value": summary["seconds_per_labelled_image"]}]
+        + ([{"metric": "stopped", "value": summary["stopped"]}] if stopped is not None else []),
         key=artifact_key("summary"), description=title,
     )
     if summary["failures"]:
         create_table_artifact(summary["failures"], key=artifact_key("failures"),
-                              description=f"{title}: {summary['failed']} image(s) failed")
+                              description=f"{title}: {summary['failed']} image(s) failed"
+                              + (" or not written (the run stopped: the storage is full)" if stopped else ""))
     if summary["labelled"] or summary["failed"]:  # a run that changed nothing writes nothing
-        write_run_log(archive, storage_options, run_id, {"run_id": run_id, **parameters, **summary})
+        try:
+            write_run_log(archive, storage_options, run_id, {"run_id": run_id, **parameters, **summary})
+        except Exception as exc:
+            if stopped is None and not fatal(exc):
+                raise
+            stopped = stopped or exc
+            summary["run_log"] = f"not written: {exc}"
+            get_run_logger().error("the run log could not be written: %s", exc)
+    if stopped is not None:
+        raise RunStopped(_stopped_message(stopped, summary, outcomes), summary)
     if summary["failed"]:
         names = "; ".join(f"{f['uri']}: {f['reason']}" for f in summary["failures"][:20])
         return Failed(message=f"{summary['failed']} of {len(outcomes)} image(s) failed: {names}", data=summary)
     return Completed(message=f"labelled {summary['labelled']}, skipped {summary['skipped']}", data=summary)
+
+
+#: How many unwritten or failed images a stopped run's message names (the failures artifact has them all).
+STOPPED_NAMES = 50
+
+
+def _stopped_message(stopped: BaseException, summary: dict[str, Any], outcomes: list[ImageOutcome]) -> str:
+    unwritten = [o.uri for o in outcomes if o.status == "failed" and o.reason == NOT_WRITTEN]
+    failed = [o for o in outcomes if o.status == "failed" and o.reason != NOT_WRITTEN]
+    lines = [f"the run stopped: {stopped}",
+             f"written: {summary['labelled']} image(s) labelled, {summary['skipped']} already up to date; "
+             f"not written: {len(unwritten)}; failed: {len(failed)}"
+             + ("; the run log could not be written" if "run_log" in summary else "")]
+    lines += [f"  not written: {uri}" for uri in unwritten[:STOPPED_NAMES]]
+    lines += [f"  failed: {o.uri}: {o.reason}" for o in failed[:STOPPED_NAMES]]
+    hidden = max(0, len(unwritten) - STOPPED_NAMES) + max(0, len(failed) - STOPPED_NAMES)
+    if hidden:
+        lines.append(f"  ... and {hidden} more: the artifact {artifact_key('failures')} lists them all")
+    return "\n".join(lines)
 
 
 def _summary(outcomes: list[ImageOutcome], seconds: float, labelling_seconds: float) -> dict[str, Any]:

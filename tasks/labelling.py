@@ -119,6 +119,10 @@ class Labeller(Protocol):
         """Segment and write the concepts one scene needs, window by window; returns the concepts written."""
 
 
+#: The reason of an image a full disk kept from being labelled.
+BATCH_NOT_WRITTEN = "not written: the run stopped (the storage is full)"
+
+
 class BatchStopped(OutOfSpaceError):
     """A fatal storage failure (disk full, quota) stopped a batch. ``outcomes``: one per item of the batch, in
     order: what was labelled or skipped before the stop, and ``not written`` for the rest; ``cause``: the error's
@@ -159,10 +163,9 @@ def label_batch(items: list[WorkItem], labeller: Labeller, job: LabelJob) -> lis
     except Exception as exc:
         if failure_kind(exc) != "fatal":
             raise
-        message = str(exc)
-        unwritten = "not written: the run stopped (the storage is full)"
-        done = [outcomes.get(item.url) or ImageOutcome(item.url, "failed", reason=unwritten) for item in items]
-        raise BatchStopped(message, done) from exc
+        done = [outcomes.get(item.url) or ImageOutcome(item.url, "failed", reason=BATCH_NOT_WRITTEN)
+                for item in items]
+        raise BatchStopped(str(exc), done) from exc
     return [outcomes[item.url] for item in items]
 
 

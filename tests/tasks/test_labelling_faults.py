@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import errno
 
-import fsspec
 import pytest
-from fsspec.implementations.memory import MemoryFileSystem
 
 from dinoseg_core.io import imageio, storage
 from dinoseg_core.io.archive import MaskArchive
@@ -21,6 +19,7 @@ from tasks.options import RunOptions
 from tasks.sources import WorkItem, list_images
 from tests.fault_proxy import FaultProxy
 from tests.pipeline_data import concept_set, write_collection
+from tests.quota_fs import QuotaFileSystem
 
 
 @pytest.fixture
@@ -70,53 +69,15 @@ def test_every_kind_of_bad_object_fails_alone_with_its_own_reason(s3_server, tmp
                   for _, key in archive.list_masks("roof")) == ["t2.png", "t3.png", "t5.png"]
 
 
-class QuotaFileSystem(MemoryFileSystem):
-    """An in-memory filesystem with a byte quota: a write beyond it raises ``OSError(ENOSPC)``, as a full disk
-    does (no root is needed to fill it). Registered as ``quota://``."""
-
-    protocol = ("quota",)
-    root_marker = "/"
-    store: dict = {}
-    pseudo_dirs = [""]
-    quota = 1 << 30
-    used = 0
-
-    def pipe_file(self, path, value, mode="overwrite", **kwargs):
-        self._spend(len(value))
-        return super().pipe_file(path, value, mode=mode, **kwargs)
-
-    def _open(self, path, mode="rb", **kwargs):
-        handle = super()._open(path, mode, **kwargs)
-        if "w" in mode or "a" in mode:
-            commit, fs = handle.commit, self
-
-            def checked_commit():
-                fs._spend(handle.tell())
-                commit()
-
-            handle.commit = checked_commit
-        return handle
-
-    @classmethod
-    def _spend(cls, size: int) -> None:
-        if cls.used + size > cls.quota:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        cls.used += size
-
-
-fsspec.register_implementation("quota", QuotaFileSystem, clobber=True)
-
-
 def test_a_full_disk_stops_the_batch_with_what_was_and_was_not_written(tmp_path):
     root = str(tmp_path / "c")
     write_collection(root, tiles=4, size=64)
     labeller = concept_set(root, cache=str(tmp_path / "cache"))
     items = list_images.fn(f"{root}/tiles/*.png")
-    QuotaFileSystem.store.clear()
-    QuotaFileSystem.used, QuotaFileSystem.quota = 0, 1 << 30
+    QuotaFileSystem.reset()
     job = LabelJob("quota://full/masks.zarr", f"{root}/tiles", RunOptions())
     MaskArchive.open(job.archive_url, mode="a")
-    QuotaFileSystem.quota = QuotaFileSystem.used + 2500  # room for about one tile's two masks
+    QuotaFileSystem.limit(2500)  # room for about one tile's two masks
     with pytest.raises(BatchStopped) as info:
         label_batch.fn(items, labeller, job)
     stopped = info.value
@@ -129,3 +90,17 @@ def test_a_full_disk_stops_the_batch_with_what_was_and_was_not_written(tmp_path)
     assert all(o.reason.startswith("not written") for o in unwritten)
     # not retried: a full disk is fatal, not transient
     assert not retry.transient(stopped) and retry.fatal(stopped)
+
+
+def test_an_empty_reference_mask_is_named_by_its_own_file(tmp_path):
+    import numpy as np
+
+    from dinoseg_core.errors import InputError
+
+    root = str(tmp_path / "c")
+    write_collection(root, tiles=0, size=64)
+    imageio.write_mask_png(f"{root}/refs/water.png", np.zeros((64, 64), bool))
+    with pytest.raises(InputError) as info:
+        concept_set(root, cache=str(tmp_path / "cache"))
+    assert f"mask '{root}/refs/water.png' is empty" in str(info.value)
+    assert "ref.png mask" not in str(info.value)
