@@ -533,17 +533,23 @@ def test_undecodable_bytes_are_described_not_shown():
     assert "SECRET" not in message and "root" not in message
 
 
+# The peak is the process's own VmHWM: getrusage's ru_maxrss in a child starts at its parent's peak (Linux keeps
+# the pre-exec high-water mark), which would hide any growth below the size of the test process.
 _PEAK_SCRIPT = """
-import resource, sys
+import sys
 from dinoseg_core.io import imageio
+
+def peak_kb():
+    return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1])
+
 data = open(sys.argv[1], "rb").read()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = peak_kb()
 image, source_hw = imageio.decode_tile(data, sys.argv[1], input_side=int(sys.argv[2]), max_pixels=2**26)
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(after - before, image.shape[0], image.shape[1], source_hw[0], source_hw[1])
+print(peak_kb() - before, image.shape[0], image.shape[1], source_hw[0], source_hw[1])
 """
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads VmHWM from /proc (Linux)")
 @pytest.mark.parametrize("mode, bytes_per_pixel", [("RGB", 3), ("I;16", 2)])
 def test_decode_tile_peak_memory_stays_near_the_8_or_16_bit_decode(tmp_path, mode, bytes_per_pixel):
     """A 3000 x 3000 tile: the old float32 RGB decode needed >= 12 bytes a pixel (108 MB); decode_tile holds the
@@ -564,4 +570,4 @@ def test_decode_tile_peak_memory_stays_near_the_8_or_16_bit_decode(tmp_path, mod
     assert (source_h, source_w) == (side, side) and (h, w) == (429, 429)  # 3000 / 7, rounded up
     pixels = side * side
     assert grown_kb * 1024 < (bytes_per_pixel + 4) * pixels + 32 * 2**20, f"grew {grown_kb / 1024:.0f} MB"
-    assert grown_kb * 1024 < 12 * pixels / 2  # well under half of a full-size float32 RGB copy
+    assert grown_kb * 1024 < 8 * pixels  # decode_image needs 17-18 bytes a pixel (bench/decode_memory.py)
