@@ -157,8 +157,7 @@ def run_preview(args: argparse.Namespace) -> int:
 def run_export(args: argparse.Namespace) -> int:
     """Write the polygons of every georeferenced mask of a concept (scenes labelled from GeoTIFF/COG), with their
     source URI and concept, as GeoJSON, GeoPackage or GeoParquet."""
-    from dinoseg_core.geo import array_to_polygons, export_vectors
-    from dinoseg_core.geo.georef import georeference_from_attrs
+    from dinoseg_core.geo.export import export_vectors, polygons_of_masks
 
     archive = _open_archive(args)
     keys = [key for _, key in archive.list_masks(args.concept)]
@@ -171,20 +170,21 @@ def run_export(args: argparse.Namespace) -> int:
             raise InputError(f"--to-crs reprojects polygons; --format {args.format} keeps the source's grid: leave "
                              "--to-crs out")
         return _export_cogs(args, archive, keys) if args.format == "cog" else _export_stac(args, archive, keys)
-    records, crs = [], None
-    for key in keys:
-        record, mask = archive.mask_array(args.concept, key)
-        try:
-            transform, crs = georeference_from_attrs(record)
-        except InputError as exc:
-            raise InputError(f"mask {args.concept}/{key} ({record['source_uri']}): {exc}") from None
-        records += array_to_polygons(
-            mask, transform, crs, to_crs=args.to_crs,
-            properties={"source_uri": record["source_uri"], "concept": args.concept, "image_key": key},
-        )
-    fmt = export_vectors(records, args.out, args.format, args.storage_options, crs=args.to_crs or crs)
-    print(f"wrote {len(records)} polygon(s) of '{args.concept}' from {len(keys)} mask(s) to {args.out} ({fmt})",
-          file=sys.stderr)
+    def masks():  # read one at a time: a mask's pixels only once its georeferencing is known
+        for key in keys:
+            record, mask = archive.mask_array(args.concept, key)
+            yield (record["source_uri"], record, mask,
+                   {"source_uri": record["source_uri"], "concept": args.concept, "image_key": key})
+
+    records, crs, skipped = polygons_of_masks(masks(), to_crs=args.to_crs)
+    for uri, reason in skipped:  # a scene without a CRS, a PNG tile: skipped, not failing the others
+        print(f"skipped {uri}: {reason}", file=sys.stderr)
+    if len(skipped) == len(keys):
+        raise InputError(f"--concept {args.concept!r}: none of its {len(keys)} mask(s) in {args.archive} is "
+                         "georeferenced (made from a GeoTIFF/COG with a CRS); nothing to export")
+    fmt = export_vectors(records, args.out, args.format, args.storage_options, crs=crs)
+    print(f"wrote {len(records)} polygon(s) of '{args.concept}' from {len(keys) - len(skipped)} mask(s) to "
+          f"{args.out} ({fmt}), skipped {len(skipped)}", file=sys.stderr)
     return EXIT_OK
 
 

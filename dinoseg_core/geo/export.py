@@ -4,7 +4,8 @@
 holes kept) in the source CRS, optionally reprojected (``rasterio.warp.transform_geom``; ``to_crs="EPSG:4326"``
 for longitude/latitude). :func:`array_to_polygons` does the same for a mask too large for memory (a chunked zarr
 array): it vectorises blocks and dissolves only the polygons that touch an inner block border, so an object
-spanning blocks comes out as one polygon.
+spanning blocks comes out as one polygon. :func:`polygons_of_masks` vectorises many archived masks from their
+georeferencing attributes, skipping (and naming) those that have none.
 
 :func:`export_vectors` writes ``(geometry, properties)`` records:
 
@@ -29,10 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from dinoseg_core.io import storage
 from dinoseg_core.errors import InputError, MissingDependencyError
+from dinoseg_core.io import storage
 
-__all__ = ["FORMATS", "array_to_polygons", "export_vectors", "masks_to_polygons"]
+__all__ = ["FORMATS", "array_to_polygons", "export_vectors", "masks_to_polygons", "polygons_of_masks"]
 
 #: Output formats and their file extensions.
 FORMATS = {"geojson": (".geojson", ".json"), "gpkg": (".gpkg",), "parquet": (".parquet", ".geoparquet")}
@@ -159,6 +160,47 @@ def array_to_polygons(
     t = transform
     in_crs = [affinity.affine_transform(g, [t.a, t.b, t.d, t.e, t.c, t.f]) for g in inner]
     return _finish(in_crs, transform, crs, to_crs, properties)
+
+
+def polygons_of_masks(
+    masks: Iterable[tuple[str, Mapping[str, Any], Any, Mapping[str, Any]]],
+    to_crs: Any = None,
+    connectivity: int = 4,
+) -> tuple[list[Record], Any, list[tuple[str, str]]]:
+    """Polygons of many masks, each georeferenced by its own attributes (an archive record's ``geo_attrs``).
+
+    Args:
+        masks: ``(name, attributes, array, properties)`` per mask, read lazily (a mask's pixels are read only
+            once its georeferencing is known): ``name`` says which mask in messages (its source URI).
+        to_crs: reproject every polygon to this CRS; needed when the masks' CRSs differ.
+    Returns:
+        ``(records, crs, skipped)``: the polygons, the CRS they are in (``to_crs``, or the masks' common CRS; None
+        when every mask was skipped) and ``[(name, reason)]`` of the masks without georeferencing (a PNG tile, a
+        scene without a CRS), which are skipped rather than failing the others.
+    Raises:
+        InputError: the masks are in different CRSs and ``to_crs`` is not given (naming two of them).
+    """
+    from dinoseg_core.geo.georef import georeference_from_attrs
+
+    records: list[Record] = []
+    skipped: list[tuple[str, str]] = []
+    first: tuple[str, Any] | None = None
+    for name, attributes, array, properties in masks:
+        try:
+            transform, crs = georeference_from_attrs(attributes)
+        except InputError as exc:
+            skipped.append((name, str(exc)))
+            continue
+        if first is None:
+            first = (name, crs)
+        elif to_crs is None and crs != first[1]:
+            raise InputError(
+                f"{name} is in {crs.to_string()} but {first[0]} is in {first[1].to_string()}: one file holds one "
+                "CRS; reproject with to_crs (the CLI's --to-crs EPSG:4326)"
+            )
+        records += array_to_polygons(array, transform, crs, to_crs=to_crs, properties=properties,
+                                     connectivity=connectivity)
+    return records, (_crs(to_crs) if to_crs is not None else first[1] if first else None), skipped
 
 
 def _format_of(url: str, format: str | None) -> str:
