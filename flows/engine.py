@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from dinoseg_core.errors import InputError, OutOfSpaceError
 from tasks.labelling import BATCH_NOT_WRITTEN, BatchStopped, ImageOutcome, LabelJob, Labeller, label_batch
-from tasks.options import RunOptions, run_options
+from tasks.options import RunOptions, resolved_storage_options, run_options
 from tasks.outputs import write_outputs
 from tasks.reporting import open_archive, write_run_log
 from tasks.retry import fatal
@@ -69,7 +69,7 @@ def label(
     threads = thread_budget()
     if run.concurrency_limit is not None:
         _check_concurrency_limit(run.concurrency_limit)
-    so = run.storage_options
+    so = resolved_storage_options(run)  # a Secret block's credentials are merged in this process, never a parameter
     open_archive(archive, so, create=False)  # a foreign or unreadable archive fails before any work
     items = list_images(images, so, run.stac_asset)
     labeller = with_item_bands(prepare(run), items)
