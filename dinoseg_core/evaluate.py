@@ -215,7 +215,7 @@ def evaluate_episodes(
     classes: Sequence[int],
     config: InsidConfig | None = None,
     *,
-    cache_size: int = 256,
+    cache_size: int = 64,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Run ``episodes`` and accumulate the paper's metrics.

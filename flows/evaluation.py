@@ -27,7 +27,7 @@ from tasks.evaluation import (
     write_calibrated_manifest,
     write_evaluation,
 )
-from tasks.options import RunOptions, run_options
+from tasks.options import RunOptions, resolved_storage_options, run_options
 from tasks.runtime import BackboneSpec
 
 
@@ -45,7 +45,7 @@ def evaluate_insid3(
     fold_count: int | None = Field(default=None, ge=1),
     method: MethodOptions | None = None,
     out: str | None = None,
-    cache_size: int = Field(default=256, ge=1),
+    cache_size: int = Field(default=64, ge=1),
     run: RunOptions | None = None,
 ) -> dict[str, Any]:
     """Few-shot evaluation of INSID3 on a labelled collection, fold by fold.
@@ -64,10 +64,9 @@ def evaluate_insid3(
         ``{"miou", "fb_iou"}`` (means over the folds), ``"folds"`` (one summary each), the settings, ``"files"``.
     """
     run = run_options(run)
-    so = run.storage_options
     method_given = method.model_dump(exclude_none=True) if method is not None else {}
     config = apply_options(InsidConfig(), method_given)  # a bad option fails before any work
-    collection = open_labelled_collection(dataset, layout, split, fold_count, coco_split, so)
+    collection = open_labelled_collection(dataset, layout, split, fold_count, coco_split, run)
     chosen = folds if folds is not None else list(range(len(collection.folds)))
     for fold in chosen:
         collection.fold_classes(fold)
@@ -81,7 +80,7 @@ def evaluate_insid3(
         "fb_iou": sum(r["fb_iou"] for r in results) / len(results),
         "folds": results,
     }
-    result["files"] = write_evaluation(result, out, so) if out else []
+    result["files"] = write_evaluation(result, out, run) if out else []
     rows = [{"fold": str(r["fold"]), "mIoU %": round(100 * r["miou"], 2), "FB-IoU %": round(100 * r["fb_iou"], 2),
              "episodes": len(r["episodes"]), "images extracted": r["images_extracted"]} for r in results]
     rows.append({"fold": "mean", "mIoU %": round(100 * result["miou"], 2), "FB-IoU %": round(100 * result["fb_iou"], 2),
@@ -125,17 +124,16 @@ def calibrate_references(
     from dinoseg_core.io.manifest import load_manifest
 
     run = run_options(run)
-    so = run.storage_options
     method_given = method.model_dump(exclude_none=True) if method is not None else {}
-    manifest = load_manifest(references, so)  # a bad manifest fails before any work
+    manifest = load_manifest(references, resolved_storage_options(run))  # a bad manifest fails before any work
     names = concepts or list(manifest.concepts)
     for name in names:
         apply_options(manifest.config_for(name), method_given)
-    collection = open_labelled_collection(extra, extra_layout, storage_options=so) if extra else None
+    collection = open_labelled_collection(extra, extra_layout, run=run) if extra else None
     spec = BackboneSpec(backbone, run.device, run.dtype, run.compile)
     results = [calibrate_one(manifest.url, name, spec, method_given, collection, taus, merge_thresholds, run)
                for name in names]
-    files = write_calibrated_manifest(manifest.url, out, results, method_given, backbone, so)
+    files = write_calibrated_manifest(manifest.url, out, results, method_given, backbone, run)
     create_table_artifact(
         [{"concept": r["concept"], "mode": r["mode"], "folds": r["folds"],
           "default IoU": round(r["default"]["iou"], 4), "chosen tau": r["chosen"]["tau"],

@@ -24,23 +24,22 @@ from dinoseg_core.io.fss_datasets import FewShotCollection, open_collection
 from dinoseg_core.io.imageio import RASTER_SUFFIXES
 from dinoseg_core.io.manifest import load_manifest, parse_manifest
 from tasks import runtime
-from tasks.options import RunOptions
+from tasks.options import RunOptions, resolved_storage_options
 from tasks.retry import STORAGE_RETRIES
 from tasks.runtime import BackboneSpec
 
 
 @task(name="open-labelled-collection", cache_policy=NO_CACHE, **STORAGE_RETRIES)
 def open_labelled_collection(url: str, layout: str = "auto", split: str = "val", folds: int | None = None,
-                             coco_split: str = "interleaved", storage_options: dict | None = None
-                             ) -> FewShotCollection:
+                             coco_split: str = "interleaved", run: RunOptions | None = None) -> FewShotCollection:
     """Index a labelled collection (:func:`dinoseg_core.io.fss_datasets.open_collection`)."""
     return open_collection(url, layout, split=split, folds=folds, coco_split=coco_split,  # type: ignore[arg-type]
-                           storage_options=storage_options)
+                           storage_options=resolved_storage_options(run or RunOptions()))
 
 
 @task(name="evaluate-fold", cache_policy=NO_CACHE, task_run_name="evaluate-fold-{fold}")
 def evaluate_fold(collection: FewShotCollection, fold: int, shots: int, episodes: int, seed: int,
-                  backbone: BackboneSpec, method: dict[str, Any] | None, run: RunOptions, cache_size: int = 256
+                  backbone: BackboneSpec, method: dict[str, Any] | None, run: RunOptions, cache_size: int = 64
                   ) -> dict[str, Any]:
     """Seeded episodes of one fold (:func:`~dinoseg_core.evaluate.sample_episodes`) and the paper's metrics
     (:func:`~dinoseg_core.evaluate.evaluate_episodes`). Returns the summary with class names, per-episode rows and
@@ -48,7 +47,7 @@ def evaluate_fold(collection: FewShotCollection, fold: int, shots: int, episodes
     classes = collection.fold_classes(fold)
     drawn = sample_episodes(collection.index, classes, shots, episodes, seed)
     config = apply_options(InsidConfig(), method)
-    seg = runtime.segmenter(backbone, config, run.storage_options, cluster_backend=run.cluster_backend)
+    seg = runtime.segmenter(backbone, config, resolved_storage_options(run), cluster_backend=run.cluster_backend)
     logger = get_run_logger()
     if seg.backbone.is_random:
         logger.warning("RANDOM WEIGHTS: backbone %r is random; the scores say nothing about the method.",
@@ -59,8 +58,9 @@ def evaluate_fold(collection: FewShotCollection, fold: int, shots: int, episodes
         if done % every == 0 or done == total:
             logger.info("fold %d: %d/%d episodes", fold, done, total)
 
+    so = resolved_storage_options(run)
     with runtime.backbone_turn(seg.backbone.device, run.concurrency_limit):
-        result = evaluate_episodes(seg, drawn, lambda key: collection.load(key, run.storage_options), classes,
+        result = evaluate_episodes(seg, drawn, lambda key: collection.load(key, so), classes,
                                    config, cache_size=cache_size, progress=progress)
     result["classes"] = {str(c): {"name": collection.classes[c], **v} for c, v in result["classes"].items()}
     return {"fold": fold, "shots": shots, "seed": seed, "episodes_requested": episodes, **result}
@@ -84,8 +84,9 @@ def report_markdown(result: dict[str, Any]) -> str:
 
 
 @task(name="write-evaluation", cache_policy=NO_CACHE, **STORAGE_RETRIES)
-def write_evaluation(result: dict[str, Any], out: str, storage_options: dict | None = None) -> list[str]:
+def write_evaluation(result: dict[str, Any], out: str, run: RunOptions | None = None) -> list[str]:
     """``out/evaluation.json`` (everything, with per-episode rows) and ``out/evaluation.md``; their URLs."""
+    storage_options = resolved_storage_options(run or RunOptions())
     json_url, md_url = storage.join(out, "evaluation.json"), storage.join(out, "evaluation.md")
     storage.write_bytes(json_url, json.dumps(result, indent=1).encode(), storage_options)
     storage.write_bytes(md_url, report_markdown(result).encode(), storage_options)
@@ -102,6 +103,11 @@ def _read_shot(image_url: str, mask_url: str, storage_options: dict | None) -> t
     return imageio.read_image(image_url, storage_options), imageio.read_mask(mask_url, storage_options)
 
 
+#: Held-out images per concept that calibration reads from ``extra`` (the first, in sorted order): each is held in
+#: memory with its features for the whole search.
+EXTRA_LIMIT = 32
+
+
 @task(name="calibrate-concept", cache_policy=NO_CACHE, task_run_name="calibrate-{concept}")
 def calibrate_one(references: str, concept: str, backbone: BackboneSpec, method: dict[str, Any] | None,
                   extra: FewShotCollection | None, taus: list[float] | None, merge_thresholds: list[float] | None,
@@ -109,7 +115,7 @@ def calibrate_one(references: str, concept: str, backbone: BackboneSpec, method:
     """Calibrate one concept of the manifest (:func:`~dinoseg_core.calibrate.calibrate_concept`): its shots read
     once, held-out images of the same concept from ``extra`` when it has them (else leave-one-out, or
     self-consistency for one shot). Returns :meth:`Calibration.to_dict` plus the concept and base config."""
-    so = run.storage_options
+    so = resolved_storage_options(run)
     manifest = load_manifest(references, so)
     spec = manifest.concept(concept)
     base = apply_options(manifest.config_for(concept), method)
@@ -118,7 +124,7 @@ def calibrate_one(references: str, concept: str, backbone: BackboneSpec, method:
     held_out: list[LabelledShot] = []
     if extra is not None and concept in extra.classes.values():
         class_id = extra.class_id(concept)
-        for key in extra.index.get(class_id, ()):
+        for key in extra.index.get(class_id, ())[:EXTRA_LIMIT]:
             sample = extra.load(key, so)
             held_out.append(LabelledShot(sample.image, sample.mask(class_id), storage.display_url(
                 extra.images[key].image_url)))
@@ -188,11 +194,12 @@ def calibrated_manifest_text(references: str, raw: dict[str, Any], results: list
 
 @task(name="write-calibrated-manifest", cache_policy=NO_CACHE, **STORAGE_RETRIES)
 def write_calibrated_manifest(references: str, out: str, results: list[dict[str, Any]], method: dict | None,
-                              backbone: str, storage_options: dict | None = None) -> list[str]:
+                              backbone: str, run: RunOptions | None = None) -> list[str]:
     """Write ``out`` (:func:`calibrated_manifest_text`) and the search beside it as ``<out stem>.calibration.json``
     (every trial of every concept). Returns both URLs."""
     if storage.display_url(out) == storage.display_url(references):
         raise InputError(f"--out {storage.display_url(out)} is the input manifest; write the calibrated one beside it")
+    storage_options = resolved_storage_options(run or RunOptions())
     raw = yaml.safe_load(storage.read_bytes(references, storage_options).decode("utf-8-sig"))
     text = calibrated_manifest_text(references, raw, results, method, out, backbone)
     report = out.rsplit(".", 1)[0] + ".calibration.json"

@@ -24,7 +24,8 @@ from dinoseg_core.errors import InputError
 
 LAYOUTS = ("auto", "folder", "manifest", "isaid", "coco20i")
 #: Run options that matter to these commands (they run no label batches).
-QUALITY_RUN_OPTIONS = ("device", "dtype", "storage_options", "cluster_backend", "compile", "concurrency_limit")
+QUALITY_RUN_OPTIONS = ("device", "dtype", "storage_options", "secret_storage_options", "cluster_backend", "compile",
+                       "concurrency_limit")
 
 
 def _positive_int(text: str) -> int:
@@ -63,8 +64,8 @@ def add_commands(commands) -> None:
     evaluate.add_argument("--fold-count", type=_positive_int, default=None,
                           help="folder/manifest layouts without folds: split the classes into this many (default 1)")
     evaluate.add_argument("--out", default=None, help="folder for evaluation.json and evaluation.md, path or URL")
-    evaluate.add_argument("--cache-size", type=_positive_int, default=256,
-                          help="images whose features stay in memory (default 256)")
+    evaluate.add_argument("--cache-size", type=_positive_int, default=64,
+                          help="images whose features stay in memory (default 64; about 50 MB each with ViT-L at 1024 px)")
     add_backbone_option(evaluate)
     add_run_options(evaluate, only=QUALITY_RUN_OPTIONS)
     add_options(evaluate, InsidConfig, METHOD_TITLE)

@@ -7,13 +7,10 @@ from tests.dinoseg.subprocess_cli import dinoseg
 
 @pytest.mark.parametrize("args, message", [
     (["evaluate", "--dataset", "{tmp}/missing"], "--dataset '{tmp}/missing': no such file or folder"),
-    (["evaluate", "--dataset", "{tmp}", "--shots", "0"], "argument --shots: '0': give a whole number of at least 1"),
     (["calibrate", "--references", "{tmp}/refs.yaml", "--out", "o.yaml", "--taus", "0.5", "1.5"],
      "--taus [1.5]: tau must be in (0, 1]"),
     (["calibrate", "--references", "{tmp}/refs.yaml", "--out", "o.yaml", "--concept", "forest"],
      "--concept ['forest']: not in"),
-    (["calibrate", "--references", "{tmp}/refs.yaml", "--out", "o.yaml", "--extra", "{tmp}/none"],
-     "--extra '{tmp}/none': no such file or folder"),
 ])
 def test_a_bad_quality_argument_is_one_line_before_any_server(tmp_path, args, message):
     (tmp_path / "refs.yaml").write_text("concepts:\n  roof:\n    references:\n      - {image: a.png, mask: b.png}\n")

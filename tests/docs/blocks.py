@@ -141,6 +141,10 @@ SUBSTITUTIONS: list[tuple[str, str]] = [
     # Method sizes: one 128-px input per tile; scene windows of 128 px need an overlap below 128.
     (r"\bdinoseg (segment|label)(?= )", r"dinoseg \1 --image-size 128 --tau 0.9"),
     (r"\bdinoseg (basis|correspond)(?= )", r"dinoseg \1 --image-size 128"),
+    # Quality commands: 128-px inputs, a handful of episodes (the random backbone's tau for evaluate, see above).
+    (r"\bdinoseg evaluate(?= )", "dinoseg evaluate --image-size 128 --tau 0.9"),
+    (r"\bdinoseg calibrate(?= )", "dinoseg calibrate --image-size 128"),
+    (r"--episodes \d+", "--episodes 6"),
     (r"(--bands [\d,]+)", r"\1 --scene-overlap 32"),
     (r"\bInsidConfig\(\)", "InsidConfig(image_size=128, tau=0.9)"),
     (r"\{image_size: 1024\}", "{image_size: 128, tau: 0.9}"),
