@@ -185,10 +185,12 @@ def _open(data: bytes | bytearray | memoryview, name: str, *, limit: int | None 
             f"{name}: not an image Pillow can read ({len(data):,} bytes; expected PNG, JPEG, TIFF or another "
             "format Pillow reads). Check that the file is the image you meant."
         ) from exc
-    except Image.DecompressionBombError as exc:
-        raise ImageDecodeError(
-            f"{name}: {exc}. Raise dinoseg_core.io.imageio.MAX_IMAGE_PIXELS or tile the scene."
-        ) from exc
+    except Image.DecompressionBombError as exc:  # Pillow's own check, past 2 x MAX_IMAGE_PIXELS
+        raise ImageTooLargeError(
+            f"{name}: {exc} Nothing was decoded. Cut the image into tiles or give it as a GeoTIFF/COG, which is read "
+            "window by window (the largest image decoded whole is dinoseg_core.io.imageio.MAX_IMAGE_PIXELS; a run's "
+            "tiles are limited by max_image_pixels, --max-image-pixels)."
+        ) from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError, struct.error) as exc:
         raise ImageDecodeError(
             f"{name}: the image is corrupt or truncated ({type(exc).__name__}: {exc}). Re-export or re-download it."

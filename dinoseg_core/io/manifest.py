@@ -382,8 +382,7 @@ def resolve_uri(manifest_url: str, ref: str) -> str:
     return f"{chain}{proto}://{joined}" if proto else joined
 
 
-_LOCAL = ("", "file", "local")
-_SAME_PROTOCOL = {"s3a": "s3", "gcs": "gs", "abfss": "abfs", "az": "abfs", "https": "http", "local": "file", "": "file"}
+_SAME_PROTOCOL = {"s3a": "s3", "gcs": "gs", "abfss": "abfs", "az": "abfs", "local": "file", "": "file"}
 
 
 def _origin(url: str) -> tuple[str, str]:

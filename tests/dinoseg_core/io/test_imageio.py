@@ -227,9 +227,11 @@ def _png_header(width: int, height: int) -> bytes:
 
 
 def test_huge_image_refused_before_decoding():
-    with pytest.raises(ImageDecodeError, match="MAX_IMAGE_PIXELS") as info:
+    with pytest.raises(imageio.ImageTooLargeError, match="MAX_IMAGE_PIXELS") as info:
         imageio.decode_image(_png_header(50_000, 50_000), "scene.png")
     assert "scene.png" in str(info.value) and "2500000000" in str(info.value)
+    with pytest.raises(imageio.ImageTooLargeError, match="--max-image-pixels"):  # past Pillow's own check too
+        imageio.decode_tile(_png_header(50_000, 50_000), "scene.png", input_side=512)
 
 
 def test_raising_the_limit_after_import_reaches_pillow(monkeypatch):

@@ -313,3 +313,8 @@ def test_undecodable_manifest_error_shows_no_bytes(tmp_path):
     message = str(err.value)
     assert "UTF-8" in message and "byte 10 of 24" in message
     assert "SECRET" not in message and "xff" not in message
+
+
+def test_a_downgrade_to_plain_http_is_another_protocol():
+    with pytest.raises(InputError, match="outside the manifest's own storage"):
+        parse_manifest(_one_reference("http://host.example/a.png"), "https://host.example/refs.yaml")
