@@ -1,7 +1,7 @@
 """IoU of one generated scene as an 8-bit GeoTIFF and as a 16-bit 4-band GeoTIFF under each --radiometry.
 
     python bench/radiometry.py [--tiles 3 4] [--tile 512] [--image-size 512] [--backbone random:dinov3-vits16@0]
-                               [--concept roof] [--out bench/results/radiometry]
+                               [--concept roof] [--out DIR]
 
 Issue 12 measured one 1536 x 2048 scene (12 generated 512 px tiles) labelled through `dinoseg label` with 8-bit
 PNG references: IoU 0.537 as an 8-bit GeoTIFF, 0.486 as a 16-bit 4-band GeoTIFF read with `--bands 2,3,4` and the
@@ -16,14 +16,17 @@ per-scene 2-98 % stretch. This script writes that pair of scenes from the same t
 and labels them the way `dinoseg label` does (``open_raster`` with the radiometry, the manifest's PNG reference
 shots embedded once, ``segment_scene`` window by window with whole-scene context, the flow's scene defaults), in
 one process, one radiometry after the other. It prints a Markdown table: IoU against the generated ground truth,
-the difference to the 8-bit scene, the stretch used and seconds, and the load average before and after.
+the difference to the 8-bit scene, the stretch used and seconds, and the load average before and after. The
+scenes go to ``--out`` (default a temporary folder, removed at the end); bench/results/radiometry.md holds a run.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -99,12 +102,23 @@ def main() -> None:
     parser.add_argument("--concept", default="roof")
     parser.add_argument("--shots", type=int, default=3)
     parser.add_argument("--no-global-context", action="store_true")
-    parser.add_argument("--out", default="bench/results/radiometry")
+    parser.add_argument("--out", default=None, help="folder for the scenes (default: a temporary one, removed)")
     args = parser.parse_args()
     load_before = os.getloadavg()
 
-    import rasterio
     import torch
+
+    torch.manual_seed(0)
+    out = args.out or tempfile.mkdtemp(prefix="dinoseg-radiometry-")
+    try:
+        run(args, out, load_before)
+    finally:
+        if args.out is None:
+            shutil.rmtree(out, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, out: str, load_before: tuple[float, float, float]) -> None:
+    import rasterio
 
     from dinoseg_core.backbone import load_backbone
     from dinoseg_core.config import InsidConfig, SceneConfig
@@ -113,8 +127,7 @@ def main() -> None:
     from dinoseg_core.segmenter import InContextSegmenter
     from dinoseg_core.synthetic import generate_scene
 
-    torch.manual_seed(0)
-    paths = write_scenes(args.out, *args.tiles, args.tile, args.concept)
+    paths = write_scenes(out, *args.tiles, args.tile, args.concept)
     with rasterio.open(paths["truth"]) as src:
         truth = src.read(1) > 0
     insid = InsidConfig(image_size=args.image_size, tau=RANDOM_WEIGHTS_TAU)
