@@ -146,6 +146,7 @@ SUBSTITUTIONS: list[tuple[str, str]] = [
     (r"\bdinoseg calibrate(?= )", "dinoseg calibrate --image-size 128"),
     (r"--episodes \d+", "--episodes 6"),
     (r"(--bands [\d,]+)", r"\1 --scene-overlap 32"),
+    (r"(--stac-asset [\w,]+)", r"\1 --scene-overlap 32"),
     (r"\bInsidConfig\(\)", "InsidConfig(image_size=128, tau=0.9)"),
     (r"\{image_size: 1024\}", "{image_size: 128, tau: 0.9}"),
     # Open vocabulary: one 64-px window and one template per class, a toy head and a few training steps.
