@@ -88,15 +88,22 @@ _CREDENTIAL_PARTS = ("secret", "token", "password", "passwd", "credential", "acc
                      "connectionstring", "signature", "sas")
 
 
+#: gcsfs ``token`` values that name a way to find credentials rather than hold one.
+_TOKEN_MODES = ("anon", "google_default", "cloud", "cache", "browser")
+
+
 def credential_fields(value: Any, path: str = "storage_options") -> list[str]:
     """Where ``value`` (fsspec storage options, nested mappings and lists too) holds credentials: a key named like
     ``key``, ``*_key``, ``secret``, ``token``, ``password``, ``credentials``, ... (any case), or a URL with a
-    password. Non-secret settings such as ``endpoint_url``, ``profile``, ``region_name`` or ``SSEKMSKeyId`` pass."""
+    password. Non-secret settings such as ``endpoint_url``, ``profile``, ``region_name``, ``SSEKMSKeyId`` or gcsfs's
+    ``token: anon`` pass."""
     found: list[str] = []
     if isinstance(value, dict):
         for key, item in value.items():
             name = re.sub(r"[^a-z0-9]", "", str(key).lower())
             where = f"{path}.{key}"
+            if name == "token" and item in _TOKEN_MODES:
+                continue  # gcsfs's ways of finding credentials, not credentials
             if name.endswith("key") or any(part in name for part in _CREDENTIAL_PARTS):
                 found.append(where)
             else:

@@ -23,6 +23,7 @@ CREDENTIALS = [
     ({"key": "AKIA-ID", "secret": SECRET}, "storage_options.key, storage_options.secret"),
     ({"client_kwargs": {"aws_secret_access_key": SECRET}}, "storage_options.client_kwargs.aws_secret_access_key"),
     ({"Session_Token": SECRET}, "storage_options.Session_Token"),
+    ({"token": SECRET}, "storage_options.token"),
     ({"config_kwargs": [{"password": SECRET}]}, "storage_options.config_kwargs[0].password"),
     ({"account_key": SECRET}, "storage_options.account_key"),
     ({"credentials": {"type": "service_account", "private_key": SECRET}}, "storage_options.credentials"),
@@ -63,6 +64,7 @@ def test_the_command_refuses_credentials_before_any_server_and_writes_nothing(tm
 def test_settings_that_are_not_credentials_pass(tmp_path):
     from tasks.options import RunOptions
 
+    assert RunOptions(storage_options={"token": "anon"}).storage_options == {"token": "anon"}  # gcsfs, public data
     options = {"endpoint_url": "http://127.0.0.1:9000", "profile": "dev", "anon": False,
                "client_kwargs": {"region_name": "eu-1"},
                "s3_additional_kwargs": {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": "arn:aws:kms:eu-1:1:key/x"}}
