@@ -40,7 +40,7 @@ from dinoseg_core.ovseg import (
 from dinoseg_core.ovseg.classes import ClassList, require_background
 from dinoseg_core.ovseg.config import HeadOptions, OvsegOptions, TrainOptions
 from flows.engine import RESULT_SERIALIZER, label
-from tasks.options import RunOptions
+from tasks.options import RunOptions, resolved_storage_options
 from tasks.text import ClassSet, TextModelSpec, prepare_classes
 from tasks.training import DatasetLayout, DatasetSpec, evaluate_model, train_head
 
@@ -128,7 +128,7 @@ def label_with_text(
             probability map).
     """
     # duplicates, empty names and bad class-file lines fail here, before anything is loaded
-    class_list = _class_list(classes, run.storage_options if run is not None else None)
+    class_list = _class_list(classes, resolved_storage_options(run) if run is not None else None)
     names = class_list.names
     if not _CONCEPT_PREFIX.match(concept_prefix):
         raise InputError(f"concept_prefix={concept_prefix!r}: use up to 20 characters from A-Z a-z 0-9 . _ - "
@@ -141,8 +141,8 @@ def label_with_text(
 
     def prepare(run: RunOptions) -> ClassSet:
         model = TextModelSpec(dinotxt, bpe, backbone, head, run.device, run.dtype)
-        class_set = prepare_classes(model, names, given, concept_prefix, run.storage_options, synonyms,
-                                    scene_config, band_tuple)
+        class_set = prepare_classes(model, names, given, concept_prefix, synonyms=synonyms, scene=scene_config,
+                                    bands=band_tuple, run=run)
         logger = get_run_logger()
         if class_set.is_random:
             logger.warning("RANDOM WEIGHTS: %s is a random initialisation; the masks only check the pipeline.",

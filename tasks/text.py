@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -37,6 +38,7 @@ from dinoseg_core.ovseg.scene import resolve_scene_config
 from tasks import runtime
 from tasks.freshness import MethodStamp
 from tasks.labelling import PERMANENT, LabelJob, Pending
+from tasks.options import RunOptions, resolved_storage_options
 from tasks.retry import STORAGE_RETRIES
 from tasks.sources import ItemKind
 
@@ -156,13 +158,20 @@ class ClassSet:
                                      p["reference_set_hash"], {**shared, "class": name, "label_value": index + 1})
                 for index, (name, concept) in enumerate(zip(self.names, self.concepts))}
 
+    @property
+    def input_side(self) -> int | None:
+        """The side the segmenter resizes a tile's shorter side to (``short_side``; None: kept): the engine decodes
+        a tile much larger than that reduced (:func:`~dinoseg_core.io.imageio.decode_tile`)."""
+        return self.config().short_side
+
     def label_tiles(self, tiles: list[Pending], archive: MaskArchive, job: LabelJob
                     ) -> Iterator[tuple[Pending, tuple[str, ...] | Exception]]:
         """Images go through the model one at a time (each is windowed inside), so memory does not grow with the
-        batch; the model is loaded only when something needs labelling."""
+        batch; the model is loaded only when something needs labelling. A tile decoded reduced gets masks of its
+        file's size (the label map resized, nearest, so the classes still never overlap)."""
         if not tiles:
             return
-        seg = segmenter(self.model, self.config(), job.run.storage_options)
+        seg = segmenter(self.model, self.config(), resolved_storage_options(job.run))
         classes = class_embeddings(seg, self.names, self.synonyms)
         methods = self.methods("tile")
         for tile in tiles:
@@ -173,10 +182,11 @@ class ClassSet:
                 yield tile, exc
                 continue
             timings = {"read": round(tile.read_seconds, 4), **{k: round(v, 4) for k, v in result.timings.items()}}
+            labels = _resize_labels(result.labels, tile.source_hw)
             for index, concept in enumerate(self.concepts):
                 if concept in tile.todo:
                     archive.write_mask(
-                        concept, tile.key, result.labels == index + 1,
+                        concept, tile.key, labels == index + 1,
                         attrs={**tile.source_attrs(), **methods[concept].attrs(), "timings": timings},
                         similarity=result.probabilities[index] if job.run.save_similarity else None,
                     )
@@ -192,7 +202,7 @@ class ClassSet:
         from dinoseg_core.io.raster import open_raster, raster_reader
         from dinoseg_core.ovseg.scene import segment_scene
 
-        so = job.run.storage_options
+        so = resolved_storage_options(job.run)
         seg = segmenter(self.model, self.config(), so)
         classes = class_embeddings(seg, self.names, self.synonyms)
         methods = self.methods("scene")
@@ -226,6 +236,16 @@ class ClassSet:
         return tuple(c for _, _, c in todo)
 
 
+def _resize_labels(labels: np.ndarray, size_hw: tuple[int, int] | None) -> np.ndarray:
+    """A label map (H, W) resized to ``size_hw`` by nearest neighbour (pixel centres), or itself."""
+    if size_hw is None or tuple(size_hw) == labels.shape:
+        return labels
+    (h, w), (out_h, out_w) = labels.shape, size_hw
+    rows = np.minimum(((np.arange(out_h) + 0.5) * h / out_h).astype(np.int64), h - 1)
+    cols = np.minimum(((np.arange(out_w) + 0.5) * w / out_w).astype(np.int64), w - 1)
+    return labels[rows[:, None], cols[None, :]]
+
+
 def write_streamed_masks(archive: MaskArchive, concepts: Sequence[str], key: str, attrs: dict[str, dict[str, Any]],
                          fill: Callable[[list[Any]], list[dict[str, Any]]]) -> None:
     """Several streamed masks of one item written in one pass: ``fill(groups)`` receives a new, writable version
@@ -254,11 +274,14 @@ def write_streamed_masks(archive: MaskArchive, concepts: Sequence[str], key: str
 def prepare_classes(model: TextModelSpec, names: tuple[str, ...], options: dict[str, Any],
                     concept_prefix: str = "", storage_options: dict[str, Any] | None = None,
                     synonyms: tuple[tuple[str, tuple[str, ...]], ...] = (), scene: SceneConfig | None = None,
-                    bands: tuple[int, ...] | None = None) -> ClassSet:
+                    bands: tuple[int, ...] | None = None, run: RunOptions | None = None) -> ClassSet:
     """Load the text model (once per process) and embed the class list (``synonyms``: (class, prompts) pairs);
     a class whose prompts do not fit the text context, a class clashing with a background prompt, or a scene
     overlap not below the scene window, fails here, before any image is read. ``scene``, ``bands``: how
-    GeoTIFF/COG scenes are windowed and read."""
+    GeoTIFF/COG scenes are windowed and read. ``run``: when given, its storage options (secret block included,
+    resolved here, never passed as a parameter) replace ``storage_options``."""
+    if run is not None:
+        storage_options = resolved_storage_options(run)
     config = OvsegConfig.from_dict(dict(options))
     scene = resolve_scene_config(scene, config)
     seg = segmenter(model, config, storage_options)

@@ -198,3 +198,18 @@ def test_a_geotiff_scene_streams_every_class_with_the_scenes_crs(tmp_path):
     assert label_batch.fn(items, prepared, job)[0].status == "skipped"
     wider = prepare_classes.fn(MODEL, CLASSES, OPTIONS, scene=scene.replace(window_size=96), bands=(3, 2, 1))
     assert label_batch.fn(items, wider, job)[0].status == "labelled"
+
+
+def test_a_tile_decoded_reduced_gets_masks_of_its_files_size(collection):
+    """A tile over twice the short side is decoded reduced (input_side); its masks are resized back, nearest, so
+    they keep the file's size and never overlap."""
+    root, job, prepared = collection
+    assert prepared.input_side == 64
+    url = f"{root}/big/tile.png"
+    imageio.write_image_png(url, np.kron(shapes_image(7, 100)[0], np.ones((2, 3, 1), np.float32)))  # 200 x 300
+    outcomes = label_batch.fn([WorkItem(url)], prepared, LabelJob(job.archive_url, f"{root}/big", job.run))
+    assert outcomes[0].status == "labelled", outcomes[0].reason
+    archive = MaskArchive.open(job.archive_url, mode="r")
+    masks = [archive.load(c, image_key(url, f"{root}/big")).mask for c in prepared.concepts]
+    assert all(m.shape == (200, 300) for m in masks)
+    assert (sum(m.astype(int) for m in masks) == 1).all()  # every pixel in exactly one class
