@@ -31,3 +31,16 @@ def test_radiometry_is_one_option_of_label_with_its_default():
     out = result.stdout
     assert "--radiometry RADIOMETRY" in out and "--scene-radiometry" not in out
     assert "(default: scene-percentile)" in " ".join(out.split())
+
+
+def test_radiometry_reaches_the_flows_scene_options_in_its_canonical_spelling():
+    from dinoseg.cli import build_parser
+    from dinoseg.cli.options import config_options
+    from dinoseg_core.config import SceneConfig, SceneOptions
+
+    args = build_parser().parse_args(["label", "--references", "r.yaml", "--images", "i", "--archive", "a.zarr",
+                                      "--radiometry", "FIXED:0,3000.0", "--scene-overlap", "64"])
+    scene = config_options(args, SceneOptions, SceneConfig(), prefix="scene-")
+    assert scene.model_dump(exclude_none=True) == {"overlap": 64, "radiometry": "FIXED:0,3000.0"}
+    config = SceneConfig().apply(scene.model_dump(exclude_none=True))
+    assert config.radiometry == "fixed:0,3000" and config.to_dict()["radiometry"] == "fixed:0,3000"
