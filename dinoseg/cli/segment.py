@@ -136,8 +136,9 @@ def run_segment(args: argparse.Namespace) -> int:
         from dinoseg_core.basis import PositionalBasis
 
         segmenter.add_basis(PositionalBasis.from_bytes(storage.read_bytes(args.basis, so), name=args.basis))
-    images = [imageio.read_image(image, so) for image, _ in args.reference]
-    masks = [imageio.read_mask(mask, so) for _, mask in args.reference]
+    limit = imageio.max_tile_pixels(config.image_size)  # checked from each header, before decoding
+    images = [imageio.read_image(image, so, max_pixels=limit) for image, _ in args.reference]
+    masks = [imageio.read_mask(mask, so, max_pixels=limit) for _, mask in args.reference]
     references = segmenter.embed_references(images, masks, names=[image for image, _ in args.reference])
     log.info("embedded %d reference shot(s); segmenting %d target(s)", references.num_shots, len(targets))
 
@@ -166,12 +167,13 @@ def _segment_batch(segmenter, references, urls: list[str], args: argparse.Namesp
     import numpy as np
 
     from dinoseg_core.io import imageio, storage
+    from dinoseg_core.preprocess import resize_mask
 
     so = args.storage_options
-    loaded = {}
+    loaded, sizes = {}, {}
     for url in urls:
-        try:
-            loaded[url] = imageio.read_image(url, so)
+        try:  # a large target is decoded reduced towards the model's input; its mask keeps the file's size
+            loaded[url], sizes[url] = imageio.read_tile(url, so, input_side=segmenter.config.image_size)
         except (DinosegError, OSError) as exc:
             failures[url] = str(exc)
     for url, features in zip(loaded, segmenter.extract_each(list(loaded.values()), list(loaded))):
@@ -180,7 +182,8 @@ def _segment_batch(segmenter, references, urls: list[str], args: argparse.Namesp
                 raise features
             result = segmenter.segment_features(references, features)
             name = storage.stem(url)
-            imageio.write_mask_png(storage.join(args.out, f"{name}.png"), result.mask, so)
+            mask = result.mask if result.mask.shape == sizes[url] else resize_mask(result.mask, sizes[url])
+            imageio.write_mask_png(storage.join(args.out, f"{name}.png"), mask, so)
             if args.save_similarity:
                 buffer = io.BytesIO()
                 np.save(buffer, result.similarity)

@@ -71,6 +71,7 @@ __all__ = [
     "overlay",
     "read_image",
     "read_mask",
+    "read_tile",
     "write_image_png",
     "write_mask_png",
 ]
@@ -310,19 +311,31 @@ def decode_mask(data: bytes | bytearray | memoryview, name: str = "<bytes>", *,
         raise ImageDecodeError(f"{name}: cannot read a mask from a '{mode}' image ({exc}).") from exc
 
 
-def read_image(url: str | os.PathLike[str], storage_options: dict[str, Any] | None = None) -> np.ndarray:
+def read_image(url: str | os.PathLike[str], storage_options: dict[str, Any] | None = None, *,
+               max_pixels: int | None = None) -> np.ndarray:
     """Read and decode the image at ``url``: ``float32 (H, W, 3)`` in ``[0, 1]`` (see :func:`decode_image`).
 
     Raises:
         ObjectNotFoundError / StorageError: from :func:`dinoseg_core.io.storage.read_bytes`.
-        ImageDecodeError: the object is not a readable image; the message names ``url``.
+        ImageDecodeError: the object is not a readable image, or has more than ``max_pixels``; the message names
+            ``url``.
     """
-    return decode_image(storage.read_bytes(url, storage_options), name=storage.display_url(url))
+    return decode_image(storage.read_bytes(url, storage_options), name=storage.display_url(url),
+                        max_pixels=max_pixels)
 
 
-def read_mask(url: str | os.PathLike[str], storage_options: dict[str, Any] | None = None) -> np.ndarray:
+def read_tile(url: str | os.PathLike[str], storage_options: dict[str, Any] | None = None, *,
+              max_pixels: int | None = None, input_side: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+    """Read and decode the tile at ``url`` for a model of ``input_side`` (see :func:`decode_tile`): ``(float32
+    (h, w, 3), (H, W) of the file)``."""
+    return decode_tile(storage.read_bytes(url, storage_options), storage.display_url(url), max_pixels=max_pixels,
+                       input_side=input_side)
+
+
+def read_mask(url: str | os.PathLike[str], storage_options: dict[str, Any] | None = None, *,
+              max_pixels: int | None = None) -> np.ndarray:
     """Read and decode the mask at ``url``: ``bool (H, W)`` (see :func:`decode_mask`)."""
-    return decode_mask(storage.read_bytes(url, storage_options), name=storage.display_url(url))
+    return decode_mask(storage.read_bytes(url, storage_options), name=storage.display_url(url), max_pixels=max_pixels)
 
 
 def _as_bool_mask(mask: Any, what: str = "mask") -> np.ndarray:
