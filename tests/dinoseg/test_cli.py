@@ -147,3 +147,65 @@ print(sorted(m for m in %r if m in sys.modules))
     assert names == str(sorted(["segment", "basis", "correspond", "label", "preview", "export", "vacuum",
                                 "label-text", "train-ovss", "eval-ovss", "evaluate", "calibrate", "serve"]))
     assert imported == "[]"
+
+
+# ------------------------------------------------------------------------------------------------ exit codes
+def _caused(error, cause):
+    error.__cause__ = cause
+    return error
+
+
+def _exit_code_cases():
+    import errno
+    import signal
+
+    from prefect.exceptions import TerminationSignal
+
+    from dinoseg.cli.prefect_api import PrefectUnavailable
+    from dinoseg_core.errors import (
+        AccessDeniedError,
+        InputError,
+        ObjectNotFoundError,
+        OutOfSpaceError,
+        StorageError,
+        TransientStorageError,
+    )
+    from dinoseg_core.stop import Stopped
+
+    return [
+        (InputError("--tau 1.5: must be in (0, 1]"), 2),
+        (ObjectNotFoundError("s3://lake/refs.yaml: no such object"), 2),
+        (AccessDeniedError("s3://lake/refs.yaml: access denied"), 2),
+        (PrefectUnavailable("the temporary Prefect server did not come up"), 3),
+        (TransientStorageError("s3://lake/a.zarr: still failing after 3 attempts (503)"), 3),
+        (_caused(StorageError("Cannot read s3://lake/a.zarr/zarr.json"), ConnectionRefusedError(111, "refused")),
+         3),  # storage unreachable: classified by its cause
+        (OutOfSpaceError("the storage is full"), 3),
+        (OSError(errno.ENOSPC, "No space left on device"), 3),
+        (RuntimeError("a bug"), 3),
+        (Stopped(signal.SIGINT), 130),
+        (KeyboardInterrupt(), 130),
+        (Stopped(signal.SIGTERM), 143),
+        (TerminationSignal(signal.SIGTERM), 143),  # Prefect's, raised while a flow runs
+        (SystemExit(2), None),  # argparse's own exit goes through untouched
+    ]
+
+
+@pytest.mark.parametrize("error, code", _exit_code_cases(), ids=lambda x: type(x).__name__ if x is not None else "")
+def test_exit_codes_tell_inputs_from_infrastructure_and_from_signals(error, code):
+    from dinoseg.cli import exit_code
+
+    assert exit_code(error) == code
+
+
+def test_an_unexpected_error_is_one_line_and_exit_3(tmp_path, capsys, monkeypatch):
+    from dinoseg.cli import label
+
+    def crash(args):
+        raise MemoryError("cannot allocate 6.25 GB")
+
+    monkeypatch.setattr(label, "run_vacuum", crash)
+    parser_main = main(["vacuum", "--archive", str(tmp_path)])  # the handler is bound when the parser is built
+    assert parser_main == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["dinoseg: error: MemoryError: cannot allocate 6.25 GB (exit code 3; -v prints the traceback)"]
