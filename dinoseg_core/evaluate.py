@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -194,7 +195,11 @@ class FeatureLRU:
         missing = [k for k in dict.fromkeys(keys) if k not in self.items]
         self.hits += len(keys) - len(missing)
         if missing:
-            samples = [load(k) for k in missing]
+            if len(missing) == 1:
+                samples = [load(missing[0])]
+            else:  # reads of object storage overlap
+                with ThreadPoolExecutor(max_workers=min(8, len(missing))) as pool:
+                    samples = list(pool.map(load, missing))
             features = self.extract([s.image for s in samples], list(missing))
             self.extracted += len(missing)
             for key, feature, sample in zip(missing, features, samples):

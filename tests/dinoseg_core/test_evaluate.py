@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from dinoseg_core import segmenter as segmenter_module
 from dinoseg_core.backbone import load_backbone
 from dinoseg_core.config import InsidConfig
 from dinoseg_core.errors import InputError
@@ -55,7 +56,7 @@ def test_episodes_are_seeded_and_hold_their_class():
         sample_episodes(index, (1,), shots=0, count=5)
 
 
-def test_each_image_is_extracted_once_and_clustered_once_per_tau():
+def test_each_image_is_extracted_once_and_clustered_once_per_tau(monkeypatch):
     scenes = {f"s{i}": generate_scene(300 + i, 64) for i in range(4)}
     loads = []
 
@@ -66,7 +67,12 @@ def test_each_image_is_extracted_once_and_clustered_once_per_tau():
 
     seg = InContextSegmenter(load_backbone("random:tiny@0", device="cpu"), InsidConfig(image_size=64, tau=0.9))
     episodes = sample_episodes({1: list(scenes), 2: list(scenes)}, (1, 2), shots=2, count=12, seed=0)
+    clusterings = []
+    cluster = segmenter_module.agglomerative_clusters
+    monkeypatch.setattr(segmenter_module, "agglomerative_clusters",
+                        lambda *a, **k: clusterings.append(a[1]) or cluster(*a, **k))
     result = evaluate_episodes(seg, episodes, load, (1, 2))
+    assert clusterings == [0.9] * len({e.query for e in episodes})  # once per query image and tau
     assert sorted(loads) == sorted(scenes) and result["images_extracted"] == 4
     assert result["cache_hits"] == 12 * 3 - 4 and len(result["episodes"]) == 12
     small = evaluate_episodes(seg, episodes, load, (1, 2), cache_size=1)  # a small cache re-extracts, same scores
