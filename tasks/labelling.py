@@ -125,8 +125,8 @@ BATCH_NOT_WRITTEN = "not written: the run stopped (the storage is full)"
 
 class BatchStopped(OutOfSpaceError):
     """A fatal storage failure (disk full, quota) stopped a batch. ``outcomes``: one per item of the batch, in
-    order: what was labelled or skipped before the stop, and ``not written`` for the rest; ``cause``: the error's
-    message. Not retried (:func:`tasks.retry.is_transient`); the run stops (:func:`flows.engine.run_jobs`)."""
+    order: what was labelled or skipped before the stop, and ``not written`` for the rest; the message is the
+    failure's. Not retried (:func:`tasks.retry.is_transient`); the run stops (:func:`flows.engine.run_jobs`)."""
 
     def __init__(self, message: str, outcomes: list[ImageOutcome] | None = None):
         super().__init__(message)
