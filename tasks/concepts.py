@@ -10,6 +10,7 @@ window with whole-scene context, streamed into the archive.
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import MissingContextError
 
 from dinoseg_core.config import InsidConfig, apply_options
 from dinoseg_core.errors import StorageError
@@ -190,7 +192,11 @@ def _warn_image_references(concept: PreparedConcept, source) -> None:
         _warned.add(key)
     shown = ", ".join(storage.display_url(u) for u in concept.image_references[:3])
     more = f" and {len(concept.image_references) - 3} more" if len(concept.image_references) > 3 else ""
-    get_run_logger().warning(
+    try:
+        logger = get_run_logger()
+    except MissingContextError:  # a labeller driven outside a flow or task run
+        logger = logging.getLogger("dinoseg.concepts")
+    logger.warning(
         "concept %r: scene %s is %s, read with radiometry %s, but its references %s%s are 8-bit images, scaled "
         "however they were made: a concept that looks different in the scenes and in the references scores lower "
         "(docs/scenes.md, Radiometry). Cut the references from the collection as GeoTIFFs with their masks (they are "

@@ -56,3 +56,23 @@ def test_the_newest_run_log_with_the_same_radiometry_and_bands_gives_the_stretch
     assert stored_radiometry(archive, spec, (4, 3, 2))[1] == "r3"
     assert stored_radiometry(archive, Radiometry.parse("collection-percentile:1,99"), (3, 2, 1))[1] == "r4"
     assert stored_radiometry(archive, spec, None) is None
+
+
+def test_png_references_with_a_16_bit_scene_warn_once_and_say_what_to_do(tmp_path, caplog):
+    import logging
+
+    import numpy as np
+
+    from dinoseg_core.io.raster import open_raster
+    from tasks import concepts
+    from tests.dinoseg_core.geo_data import band_stack, write_geotiff
+
+    source = open_raster(write_geotiff(tmp_path / "scene.tif", band_stack()))
+    concept = PreparedConcept("roof", InsidConfig(), "key", f"hash-{np.random.default_rng().integers(1 << 30)}",
+                              ("s3://lake/refs/a.png",))
+    with caplog.at_level(logging.WARNING, logger="dinoseg.concepts"):  # outside a flow: the module's logger
+        for _ in range(3):
+            concepts._warn_image_references(concept, source)
+    (message,) = [r.getMessage() for r in caplog.records if r.name == "dinoseg.concepts"]
+    assert "'roof'" in message and "scene.tif is uint16" in message and "s3://lake/refs/a.png" in message
+    assert "--radiometry" in message and "GeoTIFFs" in message
