@@ -3,7 +3,8 @@ them from the Prefect UI or API, or on a cron, without a work pool, a worker or 
 
 Each chosen flow becomes a deployment ``<flow>/<name>`` on the server at ``PREFECT_API_URL``; this process polls
 for its runs and runs each in a subprocess of its own, ``--limit`` at a time. Stop it with Ctrl-C or SIGTERM: it
-stops polling and exits, cancelling a run in progress (docs/deployments.md, Serving without a work pool).
+pauses its deployments, lets the runs in progress finish, then exits (docs/deployments.md, Serving without a work
+pool).
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ def run_serve(args: argparse.Namespace) -> int:
     """Serve the labelling flows from this process: each becomes the deployment <flow>/<name> on the Prefect server at
     PREFECT_API_URL (a server that keeps running: `prefect server start`, or Prefect Cloud), triggered from the UI,
     `prefect deployment run '<flow>/<name>' --param ...`, the API, or --cron. No work pool or worker is needed. Runs
-    execute in subprocesses of this process. Stop with Ctrl-C or SIGTERM."""
+    execute in subprocesses of this process. Stop with Ctrl-C or SIGTERM: the deployments are paused and the runs in
+    progress finish first."""
     names = list(dict.fromkeys(args.flow or FLOWS))
     params = _parameters(args.params)
     if args.limit < 1:
