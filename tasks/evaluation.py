@@ -79,7 +79,8 @@ def report_markdown(result: dict[str, Any]) -> str:
     lines.append(f"| mean | {100 * result['miou']:.1f} | {100 * result['fb_iou']:.1f} | | | |")
     for f in result["folds"]:
         lines += ["", f"## fold {f['fold']}", "", "| class | IoU % | episodes |", "|---|---|---|"]
-        lines += [f"| {c['name']} ({cid}) | {100 * c['iou']:.1f} | {c['episodes']} |" for cid, c in f["classes"].items()]
+        lines += [f"| {c['name']} ({cid}) | {100 * c['iou']:.1f} | {c['episodes']} |"
+                  for cid, c in f["classes"].items()]
     return "\n".join(lines) + "\n"
 
 

@@ -65,7 +65,8 @@ def add_commands(commands) -> None:
                           help="folder/manifest layouts without folds: split the classes into this many (default 1)")
     evaluate.add_argument("--out", default=None, help="folder for evaluation.json and evaluation.md, path or URL")
     evaluate.add_argument("--cache-size", type=_positive_int, default=64,
-                          help="images whose features stay in memory (default 64; about 50 MB each with ViT-L at 1024 px)")
+                          help="images whose features stay in memory (default 64; about 50 MB each with ViT-L at "
+                          "1024 px)")
     add_backbone_option(evaluate)
     add_run_options(evaluate, only=QUALITY_RUN_OPTIONS)
     add_options(evaluate, InsidConfig, METHOD_TITLE)

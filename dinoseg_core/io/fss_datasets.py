@@ -132,7 +132,8 @@ class FewShotCollection:
         for class_id, known in self.classes.items():
             if known == name:
                 return class_id
-        raise InputError(f"class {name!r} is not in {storage.display_url(self.root)}; it has {list(self.classes.values())}")
+        raise InputError(f"class {name!r} is not in {storage.display_url(self.root)}; it has "
+                         f"{list(self.classes.values())}")
 
     def load(self, key: str, storage_options: dict[str, Any] | None = None) -> LabelledImage:
         """The image and its ground truth (:class:`~dinoseg_core.evaluate.LabelledImage`)."""
