@@ -171,7 +171,7 @@ def run_export(args: argparse.Namespace) -> int:
                              "--to-crs out")
         return _export_cogs(args, archive, keys) if args.format == "cog" else _export_stac(args, archive, keys)
     def masks():  # read one at a time: a mask's pixels only once its georeferencing is known
-        for key in keys:
+        for key in _bar(keys, "export"):
             record, mask = archive.mask_array(args.concept, key)
             yield (record["source_uri"], record, mask,
                    {"source_uri": record["source_uri"], "concept": args.concept, "image_key": key})
@@ -197,7 +197,7 @@ def _export_cogs(args: argparse.Namespace, archive, keys: list[str]) -> int:
 
     written, skipped = [], []
     names = unique_names([archive.mask_record(args.concept, key)["source_uri"] for key in keys])
-    for key, name in zip(keys, names):
+    for key, name in _bar(list(zip(keys, names)), "export cog"):
         record, mask = archive.mask_array(args.concept, key)
         try:
             transform, crs = georeference_from_attrs(record)
@@ -218,10 +218,19 @@ def _export_stac(args: argparse.Namespace, archive, keys: list[str]) -> int:
     from dinoseg_core.io.stac import write_label_catalog
 
     names = unique_names([archive.mask_record(args.concept, key)["source_uri"] for key in keys])
+    bar = _bar(keys, "export stac")
     url, count = write_label_catalog(archive, args.concept, keys, names, args.out, polygons=args.polygons,
-                                     storage_options=args.storage_options)
+                                     storage_options=args.storage_options, progress=bar.update)
+    bar.close()
     print(f"wrote a STAC catalog of {count} label item(s) of '{args.concept}': {url}", file=sys.stderr)
     return EXIT_OK
+
+
+def _bar(items: list, desc: str):
+    """A progress bar over ``items`` (masks: done, masks/s, ETA), drawn on a terminal only."""
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, unit="mask", disable=None, dynamic_ncols=True)
 
 
 def unique_names(uris: list[str]) -> list[str]:

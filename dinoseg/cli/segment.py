@@ -143,11 +143,13 @@ def run_segment(args: argparse.Namespace) -> int:
     log.info("embedded %d reference shot(s); segmenting %d target(s)", references.num_shots, len(targets))
 
     failures: dict[str, str] = {}
-    progress = tqdm(total=len(targets), desc="segment", unit="image", disable=None)
+    progress = tqdm(total=len(targets), desc="segment", unit="image", disable=None)  # on a terminal only
+    progress.set_postfix(failed=0, refresh=False)
     for start in range(0, len(targets), args.batch_size):
         batch = targets[start : start + args.batch_size]
         for url in _segment_batch(segmenter, references, batch, args, failures):
             log.debug("wrote the mask of %s", url)
+        progress.set_postfix(failed=len(failures), refresh=False)
         progress.update(len(batch))
     progress.close()
     print(f"wrote {len(targets) - len(failures)} mask(s) to {args.out}", file=sys.stderr)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import os
 import posixpath
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -341,13 +341,14 @@ def footprint(record: Mapping[str, Any]) -> tuple[dict[str, Any], list[float]] |
 
 
 def write_label_catalog(archive: Any, concept: str, keys: Sequence[str], names: Sequence[str], out: str, *,
-                        polygons: bool = False, storage_options: dict[str, Any] | None = None) -> tuple[str, int]:
+                        polygons: bool = False, storage_options: dict[str, Any] | None = None,
+                        progress: Callable[[], Any] | None = None) -> tuple[str, int]:
     """A static STAC catalog at ``out`` with one label Item per mask (``keys``, named ``names``) of ``concept``.
 
     Each Item lives in ``out/<name>-<concept>/``: a georeferenced mask gets its COG there (``<name>.tif``) and,
     with ``polygons``, its polygons as GeoJSON in EPSG:4326 (``<name>.geojson``); a mask without georeferencing
-    (a PNG tile) points to its Zarr record in the archive and has no geometry. Returns (the catalog's URL, the
-    number of Items).
+    (a PNG tile) points to its Zarr record in the archive and has no geometry. ``progress`` is called once per
+    Item written. Returns (the catalog's URL, the number of Items).
     """
     from dinoseg_core.geo.georef import georeference_from_attrs
     from dinoseg_core.io.cog import gdal_tags, write_cog
@@ -378,6 +379,8 @@ def write_label_catalog(archive: Any, concept: str, keys: Sequence[str], names: 
                           geometry=place[0] if place else None, bbox=place[1] if place else None,
                           polygons_href=polygons_href, source_href=record.get("source_uri"))
         items.append(item)
+        if progress is not None:
+            progress()
     url = write_catalog(out, items, catalog_id=f"dinoseg-{concept}",
                         description=f"dinoseg masks of '{concept}' from {storage.display_url(archive.url)}",
                         storage_options=storage_options)
