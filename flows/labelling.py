@@ -18,6 +18,7 @@ from dinoseg_core.config import (
     SceneOptions,
     apply_options,
 )
+from dinoseg_core.io.radiometry import Radiometry
 from flows.engine import RESULT_SERIALIZER, label
 from tasks.concepts import ConceptSet, load_references, prepare_concept
 from tasks.options import RunOptions, resolved_storage_options
@@ -61,7 +62,9 @@ def label_collection(
         so = resolved_storage_options(options)  # a Secret block's credentials stay in this process
         manifest = load_references(references, so, options.allow_reference_urls)
         # a collection stretch: the archive's recorded one, else computed now and recorded in this run's log
-        radiometry = resolve_radiometry(scene_config.radiometry, archive, images, band_tuple, so)
+        radiometry = Radiometry.parse(scene_config.radiometry)
+        if radiometry.needs_collection:
+            radiometry = resolve_radiometry(radiometry, archive, images, band_tuple, so)
         parameters["radiometry"] = run_record(radiometry, band_tuple)
         spec = BackboneSpec(backbone, options.device, options.dtype, options.compile)
         concepts = tuple(prepare_concept(manifest, name, spec, method_given, band_tuple, options, radiometry)
