@@ -18,6 +18,7 @@ from prefect.artifacts import create_table_artifact
 from pydantic import Field
 
 from dinoseg_core.config import DEFAULT_BACKBONE, InsidConfig, MethodOptions, apply_options
+from dinoseg_core.errors import InputError
 from flows.engine import RESULT_SERIALIZER, artifact_key
 from tasks.evaluation import (
     calibrate_one,
@@ -105,6 +106,8 @@ def calibrate_references(
     concepts: list[str] | None = None,
     taus: list[float] | None = None,
     merge_thresholds: list[float] | None = None,
+    bands: list[int] | None = None,
+    radiometry: str | None = None,
     run: RunOptions | None = None,
 ) -> dict[str, Any]:
     """Tune tau and merge_threshold per concept of a reference manifest, and write the calibrated manifest.
@@ -118,6 +121,8 @@ def calibrate_references(
         concepts: which concepts (default all; the others are copied unchanged).
         taus, merge_thresholds: the grid (default :data:`dinoseg_core.calibrate.DEFAULT_TAUS` and
             :data:`~dinoseg_core.calibrate.DEFAULT_MERGE_THRESHOLDS`).
+        bands, radiometry: how GeoTIFF/COG references are read (give what the labelling run uses; a collection
+            stretch needs the collection: give ``fixed:LOW,HIGH`` with its recorded ranges instead).
     Returns:
         ``{"concepts": [one calibration each], "files": [out, report]}``.
     """
@@ -126,13 +131,19 @@ def calibrate_references(
     run = run_options(run)
     method_given = method.model_dump(exclude_none=True) if method is not None else {}
     manifest = load_manifest(references, resolved_storage_options(run))  # a bad manifest fails before any work
+    from dinoseg_core.io.radiometry import Radiometry
+
+    if Radiometry.parse(radiometry).needs_collection:
+        raise InputError(f"radiometry={radiometry!r}: calibration reads only the references, not the collection the "
+                         "stretch is computed from; give the labelling run's ranges as fixed:LOW,HIGH (the run log "
+                         "records them) or use scene-percentile")
     names = concepts or list(manifest.concepts)
     for name in names:
         apply_options(manifest.config_for(name), method_given)
     collection = open_labelled_collection(extra, extra_layout, run=run) if extra else None
     spec = BackboneSpec(backbone, run.device, run.dtype, run.compile)
-    results = [calibrate_one(manifest.url, name, spec, method_given, collection, taus, merge_thresholds, run)
-               for name in names]
+    results = [calibrate_one(manifest.url, name, spec, method_given, collection, taus, merge_thresholds, run,
+                             bands, radiometry) for name in names]
     files = write_calibrated_manifest(manifest.url, out, results, method_given, backbone, run)
     create_table_artifact(
         [{"concept": r["concept"], "mode": r["mode"], "folds": r["folds"],

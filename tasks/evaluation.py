@@ -95,12 +95,16 @@ def write_evaluation(result: dict[str, Any], out: str, run: RunOptions | None = 
 
 
 # ------------------------------------------------------------------------------------------------- calibration
-def _read_shot(image_url: str, mask_url: str, storage_options: dict | None) -> tuple[Any, Any]:
-    """(image, mask) of one reference; GeoTIFF/COG references through the raster reader (first 3 bands)."""
+def _read_shot(image_url: str, mask_url: str, storage_options: dict | None, bands: list[int] | None = None,
+               radiometry: str | None = None) -> tuple[Any, Any]:
+    """(image, mask) of one reference; GeoTIFF/COG references through the raster reader with the bands and the
+    radiometry the labelling run will use (default: the first 3 bands, each scene's own stretch)."""
     if image_url.lower().endswith(RASTER_SUFFIXES):
+        from dinoseg_core.io.radiometry import Radiometry
         from dinoseg_core.io.raster import read_reference
 
-        return read_reference(image_url, mask_url, storage_options=storage_options)
+        return read_reference(image_url, mask_url, bands=bands, storage_options=storage_options,
+                              radiometry=Radiometry.parse(radiometry))
     return imageio.read_image(image_url, storage_options), imageio.read_mask(mask_url, storage_options)
 
 
@@ -112,7 +116,7 @@ EXTRA_LIMIT = 32
 @task(name="calibrate-concept", cache_policy=NO_CACHE, task_run_name="calibrate-{concept}")
 def calibrate_one(references: str, concept: str, backbone: BackboneSpec, method: dict[str, Any] | None,
                   extra: FewShotCollection | None, taus: list[float] | None, merge_thresholds: list[float] | None,
-                  run: RunOptions) -> dict[str, Any]:
+                  run: RunOptions, bands: list[int] | None = None, radiometry: str | None = None) -> dict[str, Any]:
     """Calibrate one concept of the manifest (:func:`~dinoseg_core.calibrate.calibrate_concept`): its shots read
     once, held-out images of the same concept from ``extra`` when it has them (else leave-one-out, or
     self-consistency for one shot). Returns :meth:`Calibration.to_dict` plus the concept and base config."""
@@ -120,7 +124,7 @@ def calibrate_one(references: str, concept: str, backbone: BackboneSpec, method:
     manifest = load_manifest(references, so)
     spec = manifest.concept(concept)
     base = apply_options(manifest.config_for(concept), method)
-    shots = [LabelledShot(*_read_shot(p.image_url, p.mask_url, so), storage.display_url(p.image_url))
+    shots = [LabelledShot(*_read_shot(p.image_url, p.mask_url, so, bands, radiometry), storage.display_url(p.image_url))
              for p in spec.references]
     held_out: list[LabelledShot] = []
     if extra is not None and concept in extra.classes.values():

@@ -12,6 +12,7 @@ from dinoseg.cli.options import (
     add_backbone_option,
     add_command,
     add_run_options,
+    bands,
     config_options,
     local_path,
     require_local,
@@ -85,10 +86,17 @@ def add_commands(commands) -> None:
                            help="tau values to try (default 0.5 0.6 0.7 0.8 0.85 0.9 0.95)")
     calibrate.add_argument("--merge-thresholds", type=_fraction, nargs="+", default=None,
                            help="merge_threshold values to try (default 0.1 0.2 0.3 0.4 0.5)")
+    calibrate.add_argument("--bands", type=bands, default=None,
+                           help="GeoTIFF references: bands to use as RGB, 1-based, as for `label` (default: the "
+                           "first 3)")
+    calibrate.add_argument("--radiometry", default=None,
+                           help="GeoTIFF references: how values become 0..1, as for `label` (scene-percentile, "
+                           "fixed:LOW,HIGH, scale:FACTOR[,OFFSET], none; default: scene-percentile)")
     add_backbone_option(calibrate)
     add_run_options(calibrate, only=QUALITY_RUN_OPTIONS)
     # --tau / --merge-threshold set the concept's starting point (always measured, kept on a tie)
     add_options(calibrate, InsidConfig, METHOD_TITLE)
+    # (not SceneConfig: a manifest's concepts have no scene options; see docs/quality.md)
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -125,6 +133,12 @@ def run_calibrate(args: argparse.Namespace) -> int:
     method = config_options(args, MethodOptions, InsidConfig())
     require_local(args.references, "--references")
     require_local(args.extra, "--extra")
+    if args.radiometry is not None:
+        from dinoseg_core.io.radiometry import Radiometry
+
+        if Radiometry.parse(args.radiometry).needs_collection:
+            raise InputError(f"--radiometry {args.radiometry}: calibration reads the references only; give the "
+                             "labelling run's recorded ranges as fixed:LOW,HIGH, or scene-percentile")
     if local_path(args.references) is not None:
         from dinoseg_core.io.manifest import load_manifest
 
@@ -141,7 +155,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     result = run_flow(
         "flows.evaluation", "calibrate_references", references=args.references, out=args.out, backbone=args.backbone,
         method=method, extra=args.extra, extra_layout=args.extra_layout, concepts=args.concepts, taus=args.taus,
-        merge_thresholds=args.merge_thresholds, run=run,
+        merge_thresholds=args.merge_thresholds, bands=args.bands, radiometry=args.radiometry, run=run,
     )
     print("| concept | mode | IoU before (tau, alpha) | IoU calibrated (tau, alpha) |\n|---|---|---|---|")
     for r in result["concepts"]:

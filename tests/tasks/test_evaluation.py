@@ -47,3 +47,15 @@ def test_the_input_manifest_is_never_overwritten(tmp_path):
     with pytest.raises(InputError, match="is the input manifest"):
         write_calibrated_manifest.fn(str(refs), str(refs), [], None, "x")
     assert yaml.safe_load(refs.read_text()) == RAW
+
+
+def test_geotiff_references_are_read_with_the_runs_bands_and_radiometry(tmp_path):
+    from dinoseg_core.geo.synthetic import write_synthetic_geotiff
+    from dinoseg_core.synthetic import generate_scene
+    from tasks.evaluation import _read_shot
+
+    write_synthetic_geotiff(tmp_path / "ref.tif", 128, tile=128, seed=3, labels_path=tmp_path / "ref_roof.tif")
+    image, mask = _read_shot(str(tmp_path / "ref.tif"), str(tmp_path / "ref_roof.tif"), None, bands=[3, 2, 1],
+                             radiometry="fixed:300,6300")
+    expected = generate_scene(3 * 100_003, 128)  # what the GeoTIFF holds, stored as 300 + 6000 * value
+    assert abs(image - expected.image).max() < 1e-3 and (mask == expected.labels["roof"]).all()
