@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import posixpath
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,9 +36,12 @@ __all__ = [
     "LABEL_EXTENSION",
     "StacImage",
     "is_stac",
+    "read_stac_items",
     "read_stac_images",
     "label_item",
     "write_catalog",
+    "footprint",
+    "write_label_catalog",
 ]
 
 #: The label extension's schema URI, as written in ``stac_extensions``.
@@ -313,15 +315,6 @@ def write_catalog(url: str, items: Iterable[Any], *, catalog_id: str, descriptio
     catalog.normalize_hrefs(_absolute(root), skip_unresolved=True)  # "source" links point at images
     catalog.save(catalog_type=pystac.CatalogType.SELF_CONTAINED, stac_io=_stac_io(storage_options))
     return storage.join(root, "catalog.json")
-
-
-def relative_href(target: str, item_folder: str) -> str:
-    """``target`` relative to ``item_folder`` when both are on the same filesystem (what a self-contained
-    catalog wants), else ``target`` unchanged."""
-    if storage.protocol(target) != storage.protocol(item_folder):
-        return target
-    strip = lambda u: u.split("://", 1)[-1]  # noqa: E731
-    return posixpath.relpath(strip(target), strip(item_folder))
 
 
 def footprint(record: Mapping[str, Any]) -> tuple[dict[str, Any], list[float]] | None:
