@@ -113,6 +113,18 @@ def test_class_regions_across_window_borders_match_the_whole_image_path(segmente
     assert result.class_pixels == {n: int((labels == v).sum()) for v, n in enumerate(["background", *CLASSES])}
 
 
+def test_a_trained_head_labels_scenes_through_the_same_windows(segmenter, classes, tmp_path):
+    from tests.ovseg_factory import tiny_seg_model
+
+    path = write_geotiff(tmp_path / "scene.tif", scene_bands())
+    head = TextSegmenter(tiny_seg_model(segmenter.dinotxt), NATIVE.replace(global_view=False))
+    assert head.mode == "dinov3.seg"
+    result, labels = run_scene(head, classes, path, SCENE)
+    whole = head.segment(read_window(open_raster(path))[0], classes).labels
+    assert result.windows == 6 and (labels == whole).mean() > 0.95
+    assert (np.bincount(whole.ravel()) > 0.05 * whole.size).sum() >= 2  # not one class everywhere
+
+
 def test_a_scene_of_one_window_is_labelled_as_a_tile(segmenter, classes, tmp_path):
     path = write_geotiff(tmp_path / "scene.tif", scene_bands())
     result, labels = run_scene(segmenter, classes, path, SceneConfig(window_size=256, overlap=64))
