@@ -51,6 +51,31 @@ def build_parser() -> Parser:
     return parser
 
 
+class _Terminal(logging.Filter):
+    """What the terminal shows of the records that reach it (Prefect's propagate here; its server log keeps them
+    all): an error the command reports itself (a DinosegError: one line, its exit code) is not printed again with
+    Prefect's traceback, a warning about one (a retry) loses its traceback, a run's "Finished in state" lines are
+    left to the command's own summary, and Prefect's INFO lines show only when PREFECT_LOGGING_LEVEL asks. ``-v``
+    shows everything."""
+
+    def __init__(self, prefect_info: bool):
+        super().__init__()
+        self.prefect_info = prefect_info
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("prefect"):
+            if record.levelno < logging.WARNING and not self.prefect_info:
+                return False
+            if record.name in ("prefect.flow_runs", "prefect.task_runs") and str(record.msg).startswith(
+                    "Finished in state"):
+                return False
+        if record.exc_info and isinstance(record.exc_info[1], DinosegError):
+            if record.levelno >= logging.ERROR:
+                return False
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; its exit code."""
     # Prefect's telemetry heartbeat locks a temporary server's SQLite database ("database is locked")
@@ -62,6 +87,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
     level = logging.DEBUG if args.verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        terminal = _Terminal(prefect_info="PREFECT_LOGGING_LEVEL" in os.environ or args.command == "serve")
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(terminal)
     for name in ("dinoseg", "dinoseg_core"):  # our progress at INFO; libraries (httpx, botocore...) only warn
         logging.getLogger(name).setLevel(logging.DEBUG if args.verbose else logging.INFO)
     stop.install()  # Ctrl-C and SIGTERM raise Stopped (training saves first); handled below

@@ -75,3 +75,25 @@ def test_a_rerun_that_meets_the_same_bad_objects_writes_no_new_run_log(tmp_path)
     label_collection(**params)
     logs = MaskArchive.open(params["archive"], mode="r").run_logs()
     assert len(logs) == 2 and len(logs[-1]["failures"]) == 2
+
+
+@pytest.mark.integration
+def test_an_input_error_inside_the_flow_is_one_line_without_a_traceback(tmp_path):
+    """``dinoseg label`` in its own process, on this session's Prefect server: a reference mask that marks nothing
+    is refused inside the flow (exit 2), named by the mask file, and Prefect's traceback stays off the terminal."""
+    import numpy as np
+    from prefect.settings import PREFECT_API_URL
+
+    from dinoseg_core.io import imageio
+    from tests.dinoseg.subprocess_cli import dinoseg
+
+    root = str(tmp_path / "c")
+    write_collection(root, tiles=1, size=64)
+    imageio.write_mask_png(f"{root}/refs/roof.png", np.zeros((64, 64), bool))
+    code, err, _ = dinoseg("label", "--references", f"{root}/refs.yaml", "--images", f"{root}/tiles/*.png",
+                           "--archive", str(tmp_path / "a.zarr"), "--backbone", TINY, "--device", "cpu",
+                           env={"PREFECT_API_URL": PREFECT_API_URL.value(), "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert code == 2, err
+    assert err[-1] == (f"dinoseg: error: mask '{root}/refs/roof.png' is empty (no pixel > 0): a reference mask must "
+                       "mark at least one pixel of the concept")
+    assert not any("Traceback" in line or "prefect" in line for line in err), err
