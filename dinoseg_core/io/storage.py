@@ -160,8 +160,7 @@ _PASSING_ERRNOS = {
 }
 #: S3 (and S3-like) error codes.
 _THROTTLE_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests",
-                   "RequestThrottled", "ServiceUnavailable", "InternalError", "RequestTimeout", "OperationAborted",
-                   "RequestTimeTooSkewed"}
+                   "RequestThrottled", "ServiceUnavailable", "InternalError", "RequestTimeout", "OperationAborted"}
 _FULL_CODES = {"EntityTooLarge", "QuotaExceeded", "XMinioStorageFull", "InsufficientStorage",
                "StorageQuotaExceeded"}
 #: Exception classes (by name, anywhere in the class's MRO) of dropped connections and time-outs in the HTTP
