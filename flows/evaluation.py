@@ -44,6 +44,7 @@ def evaluate_insid3(
     split: str = "val",
     coco_split: Literal["interleaved", "contiguous"] = "interleaved",
     fold_count: int | None = Field(default=None, ge=1),
+    splits: str | None = None,
     method: MethodOptions | None = None,
     out: str | None = None,
     cache_size: int = Field(default=64, ge=1),
@@ -57,6 +58,7 @@ def evaluate_insid3(
         folds: which folds (0-based); default all.
         shots, episodes, seed: per fold, ``episodes`` episodes of ``shots`` supports drawn with ``seed``.
         split, coco_split: benchmark split and COCO-20i's fold rule; ``fold_count``: folds of the folder layout.
+        splits: the folder of the benchmark's ``fold<i>.txt`` files (default ``<dataset>/splits/<split>``).
         method: INSID3 options (unset fields keep the paper's defaults).
         out: folder for ``evaluation.json`` and ``evaluation.md`` (nothing written when None).
         cache_size: images whose features stay in memory (each is extracted once while cached).
@@ -67,7 +69,7 @@ def evaluate_insid3(
     run = run_options(run)
     method_given = method.model_dump(exclude_none=True) if method is not None else {}
     config = apply_options(InsidConfig(), method_given)  # a bad option fails before any work
-    collection = open_labelled_collection(dataset, layout, split, fold_count, coco_split, run)
+    collection = open_labelled_collection(dataset, layout, split, fold_count, coco_split, run, splits)
     chosen = folds if folds is not None else list(range(len(collection.folds)))
     for fold in chosen:
         collection.fold_classes(fold)

@@ -31,10 +31,11 @@ from tasks.runtime import BackboneSpec
 
 @task(name="open-labelled-collection", cache_policy=NO_CACHE, **STORAGE_RETRIES)
 def open_labelled_collection(url: str, layout: str = "auto", split: str = "val", folds: int | None = None,
-                             coco_split: str = "interleaved", run: RunOptions | None = None) -> FewShotCollection:
+                             coco_split: str = "interleaved", run: RunOptions | None = None,
+                             splits: str | None = None) -> FewShotCollection:
     """Index a labelled collection (:func:`dinoseg_core.io.fss_datasets.open_collection`)."""
     return open_collection(url, layout, split=split, folds=folds, coco_split=coco_split,  # type: ignore[arg-type]
-                           storage_options=resolved_storage_options(run or RunOptions()))
+                           splits=splits, storage_options=resolved_storage_options(run or RunOptions()))
 
 
 @task(name="evaluate-fold", cache_policy=NO_CACHE, task_run_name="evaluate-fold-{fold}")

@@ -62,6 +62,10 @@ def add_commands(commands) -> None:
     evaluate.add_argument("--split", default="val", help="benchmark split of iSAID-5i / COCO-20i (default val)")
     evaluate.add_argument("--coco-split", choices=("interleaved", "contiguous"), default="interleaved",
                           help="COCO-20i folds: class c in fold (c-1) %% 4 (interleaved, HSNet) or 20 in a row")
+    evaluate.add_argument("--splits", default=None,
+                          help="folder of the benchmark's fold0.txt, ... ('<image>__<class id>' lines), e.g. an FSS "
+                          "repository's data/splits/isaid/val (default: DATASET/splits/SPLIT; without them the label "
+                          "maps are scanned)")
     evaluate.add_argument("--fold-count", type=_positive_int, default=None,
                           help="folder/manifest layouts without folds: split the classes into this many (default 1)")
     evaluate.add_argument("--out", default=None, help="folder for evaluation.json and evaluation.md, path or URL")
@@ -107,12 +111,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
     run = run_options(args, only=QUALITY_RUN_OPTIONS)
     method = config_options(args, MethodOptions, InsidConfig())
     require_local(args.dataset, "--dataset")
+    require_local(args.splits, "--splits")
     if any(f < 0 for f in args.folds or ()):
         raise InputError(f"--fold {args.folds}: folds are numbered from 0")
     result = run_flow(
         "flows.evaluation", "evaluate_insid3", dataset=args.dataset, backbone=args.backbone, layout=args.layout,
         folds=args.folds, shots=args.shots, episodes=args.episodes, seed=args.seed, split=args.split,
-        coco_split=args.coco_split, fold_count=args.fold_count, method=method, out=args.out,
+        coco_split=args.coco_split, fold_count=args.fold_count, splits=args.splits, method=method, out=args.out,
         cache_size=args.cache_size, run=run,
     )
     print(result["markdown"])

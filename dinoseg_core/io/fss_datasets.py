@@ -197,6 +197,7 @@ def open_collection(
     split: str = "val",
     folds: int | None = None,
     coco_split: Literal["interleaved", "contiguous"] = "interleaved",
+    splits: str | None = None,
     storage_options: dict[str, Any] | None = None,
 ) -> FewShotCollection:
     """Open a labelled collection (see the module docstring for the layouts).
@@ -208,6 +209,8 @@ def open_collection(
         split: the benchmark split (``isaid``, ``coco20i``).
         folds: number of contiguous folds of the classes (``folder``; default 1, every class in one fold).
         coco_split: COCO-20i's class-to-fold rule.
+        splits: the folder holding ``fold0.txt``, ... (``isaid``, ``coco20i``; default ``<url>/splits/<split>``), e.g.
+            the ``data/splits/isaid/val`` folder of an FSS code repository.
     Raises:
         InputError: nothing in the layout at ``url`` (names what was looked for), a bad manifest, unknown classes.
     """
@@ -223,7 +226,7 @@ def open_collection(
                                  storage.join(url, split, "semantic_png"), "_instance_color_RGB.png",
                                  dict(enumerate(ISAID_CLASSES, start=1)),
                                  tuple(tuple(range(5 * f + 1, 5 * f + 6)) for f in range(3)),
-                                 storage.join(url, "splits", split), storage_options)
+                                 splits or storage.join(url, "splits", split), storage_options, splits is not None)
     if layout == "coco20i":
         if coco_split not in ("interleaved", "contiguous"):
             raise InputError(f"coco_split={coco_split!r}: 'interleaved' (class c in fold (c-1) % 4) or 'contiguous'")
@@ -232,7 +235,7 @@ def open_collection(
         return _label_map_layout(url, "coco20i", storage.join(url, f"{split}2014"),
                                  storage.join(url, "annotations", f"{split}2014"), ".png",
                                  dict(enumerate(COCO_CLASSES, start=1)), tuple(fold_ids),
-                                 storage.join(url, "splits", split), storage_options)
+                                 splits or storage.join(url, "splits", split), storage_options, splits is not None)
     if layout == "folder":
         return _folder(url, folds or 1, storage_options)
     raise InputError(f"layout={layout!r}: choose auto, folder, manifest, isaid or coco20i")
@@ -275,7 +278,7 @@ _SPLIT_LINE = re.compile(r"^(?P<name>.+)__(?P<class>\d+)$")
 
 def _label_map_layout(root: str, layout: str, image_dir: str, label_dir: str, label_suffix: str,
                       classes: dict[int, str], folds: tuple[tuple[int, ...], ...], split_dir: str,
-                      storage_options: dict[str, Any] | None) -> FewShotCollection:
+                      storage_options: dict[str, Any] | None, explicit: bool = False) -> FewShotCollection:
     image_urls = _list(image_dir, _IMAGE_SUFFIXES, storage_options)
     if not image_urls:
         raise InputError(f"{storage.display_url(root)}: no images in {storage.display_url(image_dir)}; the {layout} "
@@ -283,7 +286,11 @@ def _label_map_layout(root: str, layout: str, image_dir: str, label_dir: str, la
     images = {_stem(u): ImageEntry(_stem(u), u, storage.join(label_dir, _stem(u) + label_suffix)) for u in image_urls}
     pairs: list[tuple[str, int]] = []
     split_files = [storage.join(split_dir, f"fold{f}.txt") for f in range(len(folds))]
-    if all(storage.exists(u, storage_options) for u in split_files):
+    present = [storage.exists(u, storage_options) for u in split_files]
+    if explicit and not all(present):
+        missing = [storage.display_url(u) for u, ok in zip(split_files, present) if not ok]
+        raise InputError(f"splits: {missing} not found; the folder must hold fold0.txt .. fold{len(folds) - 1}.txt")
+    if all(present):
         for url in split_files:
             for number, line in enumerate(storage.read_bytes(url, storage_options).decode().splitlines(), start=1):
                 if not line.strip():

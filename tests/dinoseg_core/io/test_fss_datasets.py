@@ -17,8 +17,11 @@ def test_isaid_layout_split_files_and_scanned_label_maps_agree(tmp_path):
     maps = write_isaid(str(tmp_path / "a"), n_images=4, size=64)
     write_isaid(str(tmp_path / "b"), n_images=4, size=64, split_files=False)
     listed, scanned = open_collection(str(tmp_path / "a")), open_collection(str(tmp_path / "b"), "isaid")
-    assert listed.layout == scanned.layout == "isaid"
-    assert listed.index == scanned.index and listed.index[1] == ("P0000", "P0002", "P0003")
+    elsewhere = open_collection(str(tmp_path / "b"), splits=str(tmp_path / "a" / "splits" / "val"))
+    assert listed.layout == scanned.layout == elsewhere.layout == "isaid"
+    assert listed.index == scanned.index == elsewhere.index and listed.index[1] == ("P0000", "P0002", "P0003")
+    with pytest.raises(InputError, match=r"fold0.txt.*not found"):
+        open_collection(str(tmp_path / "a"), splits=str(tmp_path / "b"))
     assert listed.folds == ((1, 2, 3, 4, 5), (6, 7, 8, 9, 10), (11, 12, 13, 14, 15))
     assert listed.classes[1] == ISAID_CLASSES[0] == "ship"
     sample = listed.load("P0001")
