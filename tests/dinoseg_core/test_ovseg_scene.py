@@ -177,4 +177,5 @@ def test_memory_is_bounded_by_the_window_not_the_scene(segmenter, classes, tmp_p
         tracemalloc.stop()
         assert written["pixels"] == height * 128 and result.windows == len(WindowGrid.build(height, 128, 64, 16))
     assert peaks[1024] < 1024 * 128 * 3 * 4 / 2, peaks  # half of the scene as one float32 RGB image
-    assert peaks[1024] < peaks[256] * 1.25, peaks
+    # one more whole-scene float32 channel (1024 x 128 x 4 = 512 KB) would break this
+    assert peaks[1024] < peaks[256] * 1.25 + 192 * 1024, peaks
