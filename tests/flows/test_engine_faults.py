@@ -74,7 +74,7 @@ def test_a_rerun_that_meets_the_same_bad_objects_writes_no_new_run_log(tmp_path)
     storage.write_bytes(f"{root}/tiles/tile_bad2.png", b"")  # a new failure: a new log
     label_collection(**params)
     logs = MaskArchive.open(params["archive"], mode="r").run_logs()
-    assert len(logs) == 2 and len(logs[-1]["failures"]) == 2
+    assert sorted(len(log["failures"]) for log in logs) == [1, 2]
 
 
 @pytest.mark.integration
