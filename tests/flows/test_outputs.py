@@ -90,3 +90,30 @@ def test_a_stac_catalog_on_s3_is_labelled_with_cogs_and_an_overlay_artifact(s3_s
                              scene={"overlap": 32}, run=run, return_state=True)
     assert again.result()["skipped"] == 2
     assert storage.exists(f"{cog_folder(archive_url)}/roof/{keys[0]}.tif", so)
+
+
+def test_a_local_archive_gets_a_markdown_overlay_artifact_naming_the_file(tmp_path):
+    """The Prefect UI cannot open a file of the flow's machine: the artifact names the PNG instead of showing it."""
+    from prefect.client.orchestration import get_client
+
+    from dinoseg_core.io import imageio
+    from dinoseg_core.synthetic import generate_scene
+    from tasks.outputs import browser_url, overlay_artifacts, overlay_folder
+
+    scene = generate_scene(5, size=64)
+    imageio.write_image_png(str(tmp_path / "t.png"), scene.image)
+    archive = MaskArchive.open(str(tmp_path / "a.zarr"), mode="a")
+    archive.write_mask("roof", "t", scene.labels["roof"], {
+        "source_uri": str(tmp_path / "t.png"), "source_sha256": "0" * 64, "backbone": TINY,
+        "backbone_fingerprint": "f", "config": {}, "reference_set_hash": "r"})
+    key = "dinoseg-test-overlay-roof"
+    sheets = overlay_artifacts(str(tmp_path / "a.zarr"), {"roof": ["t"]}, "0123456789", "dinoseg-test-overlay",
+                               None)
+    assert sheets == {"roof": f"{overlay_folder(str(tmp_path / 'a.zarr'))}/roof-01234567.png"}
+    assert storage.read_bytes(sheets["roof"]).startswith(b"\x89PNG")
+    with get_client(sync_client=True) as client:
+        (artifact,) = [a for a in client.read_latest_artifacts(limit=50, offset=0, sort="CREATED_DESC")
+                       if a.key == key]
+    assert artifact.type == "markdown" and sheets["roof"] in artifact.data
+    assert browser_url("https://example.org/x.png", None) == "https://example.org/x.png"
+    assert browser_url(sheets["roof"], None) is None
