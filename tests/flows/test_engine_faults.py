@@ -78,6 +78,7 @@ def test_a_rerun_that_meets_the_same_bad_objects_writes_no_new_run_log(tmp_path)
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_an_input_error_inside_the_flow_is_one_line_without_a_traceback(tmp_path):
     """``dinoseg label`` in its own process, on this session's Prefect server: a reference mask that marks nothing
     is refused inside the flow (exit 2), named by the mask file, and Prefect's traceback stays off the terminal."""

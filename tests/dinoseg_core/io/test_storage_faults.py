@@ -36,7 +36,6 @@ def proxied(s3_server):
     (403, "permanent", AccessDeniedError, PermissionError),
     (500, "transient", TransientStorageError, OSError),
     (503, "transient", TransientStorageError, OSError),
-    ("drop", "transient", TransientStorageError, OSError),
 ])
 def test_the_store_answer_decides_the_kind(proxied, status, kind, cls, builtin):
     bucket, so, proxy = proxied
@@ -97,8 +96,9 @@ def test_a_permission_error_and_a_directory_are_permanent(tmp_path):
         storage.read_bytes(str(tmp_path))
 
 
-def test_gdal_messages_map_to_the_same_kinds():
-    """The messages GDAL/curl give for the store's answers (no status or errno travels with them)."""
+def test_gdal_messages_and_connection_errors_map_to_the_same_kinds():
+    """The messages GDAL/curl give for the store's answers (no status or errno travels with them), and the
+    exceptions of a dropped connection (a dropped connection through the proxy: tests/tasks/test_labelling_faults)."""
     cases = {
         "AWS error: Please reduce your request rate.": "transient",
         "HTTP response code: 503": "transient",
@@ -113,6 +113,14 @@ def test_gdal_messages_map_to_the_same_kinds():
     for message, kind in cases.items():
         error = storage.gdal_storage_error("open", "s3://lake/a.tif", RuntimeError(message))
         assert error is not None and storage.failure_kind(error) == kind, message
+    # connections that drop or never open, as the HTTP clients under fsspec raise them
+    from aiohttp import ServerDisconnectedError
+    from botocore.exceptions import EndpointConnectionError, ReadTimeoutError
+
+    for error in (ConnectionResetError(errno.ECONNRESET, "reset"), ServerDisconnectedError(),
+                  EndpointConnectionError(endpoint_url="http://127.0.0.1:9"), ReadTimeoutError(endpoint_url="x")):
+        assert storage.failure_kind(error) == "transient", repr(error)
+        assert isinstance(storage.storage_error("read", "s3://lake/a.png", error), TransientStorageError)
     # GDAL complaining of the bytes themselves is not the store's answer
     assert storage.gdal_storage_error("open", "s3://lake/a.tif",
                                       RuntimeError("TIFFReadDirectory: Failed to read directory")) is None
