@@ -29,8 +29,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from dinoseg_core.io import storage
 from dinoseg_core.errors import InputError, ObjectNotFoundError, StorageError
+from dinoseg_core.io import storage
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -69,7 +69,8 @@ def dinoseg_version() -> str:
     if version:
         return str(version)
     try:
-        from importlib.metadata import PackageNotFoundError, version as _dist_version
+        from importlib.metadata import PackageNotFoundError
+        from importlib.metadata import version as _dist_version
 
         return _dist_version("dinoseg")
     except PackageNotFoundError:
@@ -632,7 +633,7 @@ class MaskArchive:
         return dict(meta.get("attributes") or {}) if isinstance(meta, dict) else None
 
     def run_logs(self) -> list[dict[str, Any]]:
-        """Every run log, oldest first (by ``start``, then ``run_id``)."""
+        """Every run log, oldest first (by ``start`` or ``started``, the labelling flows' key, then ``written``)."""
         names = self._list_dirs("runs")
         paths = {self._path("runs", name, "zarr.json"): name for name in names}
         try:
@@ -649,7 +650,8 @@ class MaskArchive:
                 continue
             if attrs.get("run_id"):
                 logs.append(attrs)
-        return sorted(logs, key=lambda log: (str(log.get("start") or ""), str(log["run_id"])))
+        return sorted(logs, key=lambda log: (str(log.get("start") or log.get("started") or ""),
+                                             str(log.get("written") or ""), str(log["run_id"])))
 
     # ------------------------------------------------------------------------------------------ maintenance
     def vacuum(self, older_than_s: float = 3600.0) -> int:
