@@ -21,7 +21,6 @@ from __future__ import annotations
 import atexit
 import functools
 import importlib
-import logging
 import os
 import signal
 import socket
@@ -258,7 +257,6 @@ def run_flow(module: str, name: str, **parameters: Any) -> Any:
     or the error the flow ended with (a :class:`DinosegError` names the input and the fix)."""
     with prefect_api():
         flow = getattr(importlib.import_module(module), name)
-        _quiet_console()
         state = flow(**parameters, return_state=True)
         result = state.result(raise_on_failure=False)
     if isinstance(result, (DinosegError, OSError)):  # an input refused, storage unusable (named), disk full
@@ -268,24 +266,6 @@ def run_flow(module: str, name: str, **parameters: Any) -> Any:
     if not isinstance(result, dict):  # the flow failed otherwise (a parameter Prefect refused)
         raise DinosegError(state.message or str(result))
     return result
-
-
-class _OneLine(logging.Filter):
-    """On the terminal, an error the command reports itself (a DinosegError: one line and its exit code) is not
-    printed again by Prefect with its traceback; the server's log keeps the record whole. ``-v`` shows it."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        return not isinstance(exc, DinosegError) or logging.getLogger("dinoseg").isEnabledFor(logging.DEBUG)
-
-
-def _quiet_console() -> None:
-    """:class:`_OneLine` on the terminal's handlers: Prefect's console handlers (configured once Prefect is
-    imported) and the command's own (``logging.basicConfig`` in :func:`dinoseg.cli.main`)."""
-    for name in ("", "prefect", "prefect.flow_runs", "prefect.task_runs"):
-        for handler in logging.getLogger(name).handlers:
-            if isinstance(handler, logging.StreamHandler) and not any(isinstance(f, _OneLine) for f in handler.filters):
-                handler.addFilter(_OneLine())
 
 
 def report_labelling(summary: dict[str, Any], archive: str, extra: str = "") -> int:
