@@ -34,7 +34,7 @@ from dinoseg_core.ovseg import (
     concept_names,
     load_dinotxt,
 )
-from dinoseg_core.ovseg.scene import resolve_scene_config
+from dinoseg_core.ovseg.config import resolve_scene_config
 from tasks import runtime
 from tasks.freshness import MethodStamp
 from tasks.labelling import PERMANENT, LabelJob, Pending

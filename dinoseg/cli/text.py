@@ -135,7 +135,7 @@ def run_label_text(args: argparse.Namespace) -> int:
 
     require_background(read_classes(args.classes, run.storage_options).names,
                        options.model_dump(exclude_none=True) if options is not None else {})
-    from dinoseg_core.ovseg.scene import resolve_scene_config
+    from dinoseg_core.ovseg.config import resolve_scene_config
 
     # and a scene overlap not below the scene window
     resolve_scene_config(apply_options(SceneConfig(), scene), apply_options(OvsegConfig(), options))

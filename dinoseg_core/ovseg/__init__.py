@@ -30,7 +30,9 @@ from typing import Any
 from dinoseg_core.ovseg.classes import concept_names, validate_class_names
 from dinoseg_core.ovseg.config import (
     DEFAULT_TEMPLATES,
+    IMAGENET_TEMPLATES,
     PAPER_MIOU,
+    RECIPES,
     HeadOptions,
     OvsegConfig,
     OvsegOptions,
@@ -45,7 +47,7 @@ _LAZY = {
     "ArraySegDataset": "data", "SegDataset": "data", "read_class_table": "data",
     "ClassEmbeddings": "dinotxt", "DinoTxt": "dinotxt", "backbone_tokens": "dinotxt", "load_dinotxt": "dinotxt",
     "EvalResult": "evaluate", "evaluate": "evaluate",
-    "SegHead": "model", "SegModel": "model",
+    "CatSegHead": "model", "SegHead": "model", "SegModel": "model", "build_head": "model",
     "TextSegmentation": "segmenter", "TextSegmenter": "segmenter",
     "ClipTokenizer": "tokenizer", "load_tokenizer": "tokenizer",
     "TrainResult": "train", "loss_curve": "train", "train": "train",
@@ -75,8 +77,11 @@ sys.modules[__name__].__class__ = _Package
 
 __all__ = [
     "DEFAULT_TEMPLATES",
+    "IMAGENET_TEMPLATES",
     "PAPER_MIOU",
+    "RECIPES",
     "ArraySegDataset",
+    "CatSegHead",
     "ClassEmbeddings",
     "ClipTokenizer",
     "DinoTxt",
@@ -94,6 +99,7 @@ __all__ = [
     "TrainOptions",
     "TrainResult",
     "backbone_tokens",
+    "build_head",
     "concept_names",
     "evaluate",
     "load_dinotxt",

@@ -24,7 +24,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from dinoseg_core.config import ConfigBase, options_model
+from dinoseg_core.config import ConfigBase, SceneConfig, options_model
 from dinoseg_core.errors import InputError
 from dinoseg_core.ovseg.classes import IMAGENET_TEMPLATES
 
@@ -34,6 +34,7 @@ __all__ = [
     "IMAGENET_TEMPLATES",
     "PAPER_MIOU",
     "RECIPES",
+    "SCENE_WINDOW",
     "HeadOptions",
     "OvsegConfig",
     "OvsegOptions",
@@ -41,6 +42,7 @@ __all__ = [
     "TrainConfig",
     "TrainOptions",
     "options_model",  # re-exported from dinoseg_core.config
+    "resolve_scene_config",
 ]
 
 #: Prompt ensemble (the "scene" templates of ViLD, used by many open-vocabulary segmentation works). Each class
@@ -325,3 +327,20 @@ OvsegOptions = options_model(OvsegConfig, "OvsegOptions")
 TrainOptions = options_model(TrainConfig, "TrainOptions")
 #: Head architecture options as a flow parameter (:class:`SegHeadConfig`; ``feature_dim`` follows the towers).
 HeadOptions = options_model(SegHeadConfig, "HeadOptions", exclude=("feature_dim",))
+
+
+#: Scene window side (px) when neither ``SceneConfig.window_size`` nor ``OvsegConfig.short_side`` sets it.
+SCENE_WINDOW = 640
+
+
+def resolve_scene_config(config: SceneConfig | None, ovseg: OvsegConfig) -> SceneConfig:
+    """``config`` with the text path's defaults filled in: ``window_size`` the segmenter's ``short_side`` (or
+    :data:`SCENE_WINDOW`), ``context_size`` its ``window``; the default ``overlap`` (128 px) becomes a quarter of a
+    default window too small for it. Re-validates: an overlap given explicitly and not below the window raises
+    :class:`~dinoseg_core.errors.InputError` here."""
+    config = config or SceneConfig()
+    window = config.window_size or ovseg.short_side or SCENE_WINDOW
+    overlap = config.overlap
+    if config.window_size is None and overlap == SceneConfig().overlap and overlap >= window:
+        overlap = window // 4
+    return config.replace(window_size=window, overlap=overlap, context_size=config.context_size or ovseg.window)

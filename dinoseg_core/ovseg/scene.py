@@ -52,29 +52,12 @@ import torch.nn.functional as F
 from dinoseg_core.config import SceneConfig
 from dinoseg_core.geo.scene import SceneReader, sample_window, stitch_windows
 from dinoseg_core.geo.windows import MaskWriter, Stitcher, WindowGrid
-from dinoseg_core.ovseg.config import OvsegConfig
+from dinoseg_core.ovseg.config import SCENE_WINDOW, resolve_scene_config
 from dinoseg_core.ovseg.dinotxt import ClassEmbeddings
 from dinoseg_core.ovseg.segmenter import TextSegmenter
 from dinoseg_core.ovseg.windows import global_view_size, resize_short_side
 
 __all__ = ["SCENE_WINDOW", "TextSceneResult", "resolve_scene_config", "segment_scene"]
-
-#: Scene window side (px) when neither ``SceneConfig.window_size`` nor ``OvsegConfig.short_side`` sets it.
-SCENE_WINDOW = 640
-
-
-def resolve_scene_config(config: SceneConfig | None, ovseg: OvsegConfig) -> SceneConfig:
-    """``config`` with the text path's defaults filled in: ``window_size`` the segmenter's ``short_side`` (or
-    :data:`SCENE_WINDOW`), ``context_size`` its ``window``; the default ``overlap`` (128 px) becomes a quarter of a
-    default window too small for it. Re-validates: an overlap given explicitly and not below the window raises
-    :class:`~dinoseg_core.errors.InputError` here."""
-    config = config or SceneConfig()
-    window = config.window_size or ovseg.short_side or SCENE_WINDOW
-    overlap = config.overlap
-    if config.window_size is None and overlap == SceneConfig().overlap and overlap >= window:
-        overlap = window // 4
-    return config.replace(window_size=window, overlap=overlap, context_size=config.context_size or ovseg.window)
-
 
 @dataclass(frozen=True)
 class TextSceneResult:

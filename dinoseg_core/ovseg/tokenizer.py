@@ -106,7 +106,7 @@ def _parse_merges(data: bytes, shown: str) -> list[tuple[str, str]]:
             continue  # a trailing newline (short files); the real file has none inside the range read
         parts = line.split()
         if len(parts) != 2:
-            raise CheckpointError(f"{shown}: line {number} is {line[:60]!r}, not a merge of two symbols. "
+            raise CheckpointError(f"{shown}: line {number} has {len(parts)} fields, not a merge of two symbols. "
                                   f"Expected {_EXPECTED}.")
         merges.append((parts[0], parts[1]))
     return merges
@@ -240,8 +240,8 @@ def load_tokenizer(url: str | os.PathLike[str] | None, storage_options: dict[str
     """
     if url is None:
         return ClipTokenizer.byte_level()
-    from dinoseg_core.io import storage
     from dinoseg_core.errors import MissingDependencyError, StorageError
+    from dinoseg_core.io import storage
 
     shown = storage.display_url(url)
     try:
