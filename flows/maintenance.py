@@ -12,9 +12,8 @@ from typing import Any
 from prefect import flow, get_run_logger
 from pydantic import Field
 
-from dinoseg_core.errors import InputError
 from flows.engine import RESULT_SERIALIZER
-from tasks.options import credential_fields
+from tasks.options import refuse_credentials
 from tasks.reporting import vacuum_archive as vacuum_task
 
 
@@ -30,9 +29,7 @@ def vacuum_archive(archive: str, older_than_hours: float = Field(default=24.0, g
     Returns:
         ``{"archive": ..., "removed": N}``.
     """
-    if found := credential_fields(storage_options):  # a flow parameter is stored in clear by the Prefect server
-        raise InputError(f"{', '.join(found)}: credentials are not taken as flow parameters; give them to the "
-                         "worker's environment, a named profile, or a Prefect Secret block (docs/deployments.md)")
+    refuse_credentials(storage_options)  # a flow parameter is stored in clear by the Prefect server
     removed = vacuum_task(archive, storage_options, older_than_hours * 3600.0)
     get_run_logger().info("removed %d unpublished version(s) older than %s h from %s", removed, older_than_hours,
                           archive)

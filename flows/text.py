@@ -40,7 +40,7 @@ from dinoseg_core.ovseg import (
 from dinoseg_core.ovseg.classes import ClassList, require_background
 from dinoseg_core.ovseg.config import HeadOptions, OvsegOptions, TrainOptions
 from flows.engine import RESULT_SERIALIZER, label
-from tasks.options import RunOptions, resolved_storage_options
+from tasks.options import RunOptions, refuse_credentials, resolved_storage_options
 from tasks.text import ClassSet, TextModelSpec, prepare_classes
 from tasks.training import DatasetLayout, DatasetSpec, evaluate_model, train_head
 
@@ -230,6 +230,7 @@ def train_ovss(
         A dict: ``checkpoint``, ``steps``, ``resumed_from``, ``loss_curve`` ([{step, loss, min, max}]),
         ``first_loss``, ``final_loss``, ``seconds``, ``seconds_per_step``, ``classes``, ``images``.
     """
+    refuse_credentials(storage_options)  # a flow parameter is stored in clear by the Prefect server
     logger = get_run_logger()
     data = _dataset(dataset, layout, classes, class_table, split, storage_options)
     train_given = _options(train, TrainConfig, "train")
@@ -289,6 +290,7 @@ def evaluate_ovss(
         A dict: ``miou``, ``pixel_accuracy``, ``iou`` (class -> IoU or None), ``images``, ``seconds_per_image``,
         ``class_names``, ``mode``, ``markdown``. Fractions, not percentages.
     """
+    refuse_credentials(storage_options)  # a flow parameter is stored in clear by the Prefect server
     data = _dataset(dataset, layout, classes, class_table, split, storage_options)
     given = _options(options, OvsegConfig, "options")
     model = TextModelSpec(dinotxt, bpe, backbone, head, device, dtype)

@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from dinoseg_core.errors import InputError
+
 #: Where label batches run: a thread pool in the flow's process, or a Dask cluster (prefect-dask).
 TaskRunnerKind = Literal["threads", "dask"]
 
@@ -71,15 +73,8 @@ class RunOptions(BaseModel):
     @field_validator("storage_options")
     @classmethod
     def _no_credentials(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        found = credential_fields(value)
-        if found:
-            raise ValueError(
-                f"{', '.join(found)}: credentials are not taken as run options (a flow's parameters are stored in "
-                "clear on the Prefect server). Give them to the process that runs the flow instead: environment "
-                "variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_PROFILE; "
-                "GOOGLE_APPLICATION_CREDENTIALS), a named profile (storage_options {\"profile\": \"NAME\"}), or a "
-                "Prefect Secret block holding them as JSON, named by secret_storage_options "
-                "(--secret-storage-options NAME)")
+        if found := credential_fields(value):
+            raise ValueError(credentials_refused(found, "run options"))
         return value
 
 
@@ -119,6 +114,22 @@ def credential_fields(value: Any, path: str = "storage_options") -> list[str]:
         if has_password:
             found.append(f"{path} (a URL with a password)")
     return found
+
+
+def credentials_refused(found: list[str], taken_as: str = "flow parameters") -> str:
+    """The message refusing credentials ``found`` (from :func:`credential_fields`) and saying where they go."""
+    return (f"{', '.join(found)}: credentials are not taken as {taken_as} (a flow's parameters are stored in "
+            "clear on the Prefect server). Give them to the process that runs the flow instead: environment "
+            "variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_PROFILE; "
+            "GOOGLE_APPLICATION_CREDENTIALS), a named profile (storage_options {\"profile\": \"NAME\"}), or a "
+            "Prefect Secret block holding them as JSON, named by secret_storage_options "
+            "(--secret-storage-options NAME)")
+
+
+def refuse_credentials(storage_options: dict[str, Any] | None) -> None:
+    """Raise :class:`InputError` when a flow's plain ``storage_options`` parameter holds credentials."""
+    if found := credential_fields(storage_options):
+        raise InputError(credentials_refused(found))
 
 
 #: Seconds a Secret block's value is reused in a process before it is loaded again (rotated credentials).
