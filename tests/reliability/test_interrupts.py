@@ -15,11 +15,15 @@ from pathlib import Path
 import pytest
 
 from dinoseg.cli import main
-from tests.reliability.conftest import TILES, label_args
+from tests.pipeline_data import write_collection
+from tests.reliability.conftest import label_args
 from tests.reliability.helpers import Command, command_env, verify_archive, wait_gone
 
 pytestmark = pytest.mark.integration
 
+#: Tiles of this module's collection: enough that labelling outlasts three interruptions on a quiet machine too
+#: (after Ctrl-C the batch under way may still finish while the command stops).
+TILES = 32
 #: Seconds a command may take to stop after SIGINT/SIGTERM (the issue's bound).
 STOP_WITHIN = 10.0
 #: Seconds the temporary server may outlive a command killed with -9 (its watchdog: SIGTERM, SIGKILL 5 s later).
@@ -38,6 +42,20 @@ def published(archive: str) -> int:
 
 
 
+@pytest.fixture(scope="module")
+def big_lake(tmp_path_factory):
+    root = tmp_path_factory.mktemp("big-lake")
+    write_collection(str(root), tiles=TILES, size=64, concepts=("roof",))
+    return root
+
+
+@pytest.fixture(scope="module")
+def big_clean(api_url, big_lake, tmp_path_factory):
+    archive = str(tmp_path_factory.mktemp("big-clean") / "a.zarr")
+    assert main(label_args(big_lake, archive)) == 0
+    return verify_archive(archive)
+
+
 def interrupt(args, env, signum, archive, rng, timeout=240.0):
     """Start the command, wait for one more published mask, wait a random moment, send ``signum`` to its
     process group; (exit code, seconds to stop, processes it left)."""
@@ -52,12 +70,12 @@ def interrupt(args, env, signum, archive, rng, timeout=240.0):
     return code, stopped, orphans, command
 
 
-def test_ctrl_c_sigterm_and_kill_9_then_a_rerun_equals_an_uninterrupted_run(api_url, prefect_home, lake, clean,
-                                                                             tmp_path, capsys):
+def test_ctrl_c_sigterm_and_kill_9_then_a_rerun_equals_an_uninterrupted_run(api_url, prefect_home, big_lake,
+                                                                             big_clean, tmp_path, capsys):
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
     archive = str(tmp_path / "a.zarr")
-    args = label_args(lake, archive)
+    args = label_args(big_lake, archive)
     temporary = command_env(None, prefect_home)  # each command starts (and must stop) its own server
     running = command_env(api_url)
     timings = {}
@@ -81,7 +99,7 @@ def test_ctrl_c_sigterm_and_kill_9_then_a_rerun_equals_an_uninterrupted_run(api_
 
     assert main(args) == 0  # the re-run, in this process (its Prefect server is the harness)
     assert f"labelled {TILES - done}, skipped {done}, failed 0" in capsys.readouterr().err
-    assert verify_archive(archive) == clean
+    assert verify_archive(archive) == big_clean
     print(f"stop seconds after the signal: {timings} (seed {seed})")
 
 

@@ -33,7 +33,7 @@ def bucket(s3_server, lake):
 
 @pytest.fixture
 def proxy(s3_server, monkeypatch):
-    monkeypatch.setattr(retry, "ITEM_RETRY_DELAYS", (0.2, 0.5, 1.0, 2.0))  # production: 1, 4, 16, 40 s
+    monkeypatch.setattr(retry, "ITEM_RETRY_DELAYS", (0.1, 0.3, 1.0, 2.0))  # production: 1, 4, 16, 40 s
     with StoreProxy(s3_server["endpoint_url"]) as proxy:
         yield proxy
 
@@ -52,7 +52,7 @@ def test_each_bad_object_fails_alone_with_its_reason_and_passing_faults_are_ridd
     proxy.fail("tiles/tile_002.png", 500)  # lasting
     proxy.fail("tiles/tile_003.png", 503, times=2)  # throttled twice
     proxy.fail("tiles/tile_004.png", "drop", times=2)  # the connection dropped twice
-    proxy.slow("tiles/tile_005.png", 1.5)
+    proxy.slow("tiles/tile_005.png", 0.8)
     archive = str(tmp_path / "a.zarr")
     code, err = run(bucket, archive, proxy, capsys)
     assert code == 1, err
@@ -69,7 +69,7 @@ def test_each_bad_object_fails_alone_with_its_reason_and_passing_faults_are_ridd
 
 
 def test_an_outage_mid_run_is_ridden_out(api_url, bucket, clean, proxy, tmp_path, capsys):
-    proxy.outage(3.0, starting_at="tiles/tile_002.png")
+    proxy.outage(2.0, starting_at="tiles/tile_002.png")
     archive = str(tmp_path / "a.zarr")
     code, err = run(bucket, archive, proxy, capsys)
     assert code == 0, err
