@@ -14,6 +14,7 @@ import importlib
 import json
 import os
 import sys
+from contextlib import ExitStack
 
 from dinoseg.cli.options import EXIT_OK, add_command, local_path
 from dinoseg_core.errors import InputError
@@ -71,14 +72,16 @@ def run_serve(args: argparse.Namespace) -> int:
         raise InputError(f"--limit {args.limit}: give 1 or more flow runs at once")
     if args.cron is not None and len(names) != 1:
         raise InputError("--cron schedules one flow with one set of parameters: give one --flow")
-    if not os.environ.get("PREFECT_API_URL"):
-        raise InputError("dinoseg serve needs a Prefect server that outlives it: start one (`prefect server start`) "
-                         "and set PREFECT_API_URL (e.g. http://127.0.0.1:4200/api), or log in to Prefect Cloud")
 
     from prefect import serve
     from prefect.schedules import Cron
+    from prefect.settings import PREFECT_API_URL
 
-    from dinoseg.cli.prefect_api import prefect_api
+    from dinoseg.cli.prefect_api import PrefectUnavailable, prefect_api
+
+    if not PREFECT_API_URL.value():  # the environment or the Prefect profile (`prefect config set`)
+        raise InputError("dinoseg serve needs a Prefect server that outlives it: start one (`prefect server start`) "
+                         "and set PREFECT_API_URL (e.g. http://127.0.0.1:4200/api), or log in to Prefect Cloud")
 
     schedules = None
     if args.cron is not None:
@@ -87,7 +90,11 @@ def run_serve(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise InputError(f"--cron {args.cron!r} / --timezone {args.timezone!r}: {exc}") from None
     deployments = []
-    with prefect_api():  # refuses a server that does not answer, with the fix
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(prefect_api())
+        except PrefectUnavailable as exc:  # a temporary server is no use to serve: only the first half of the fix
+            raise PrefectUnavailable(str(exc).split(" or unset PREFECT_API_URL")[0]) from None
         for name in names:
             module, attribute = FLOWS[name]
             flow = getattr(importlib.import_module(module), attribute)

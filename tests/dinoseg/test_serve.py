@@ -2,27 +2,33 @@
 tests/deployments/test_serve.py), and the terminal's Prefect log level that every command sets."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
 from dinoseg.cli import main as cli
 
 
-@pytest.mark.parametrize("args, env, message", [
-    (["--cron", "0 2 * * *"], {"PREFECT_API_URL": "http://127.0.0.1:9/api"}, "--cron schedules one flow"),
-    (["--limit", "0"], {"PREFECT_API_URL": "http://127.0.0.1:9/api"}, "--limit 0"),
-    ([], {}, "needs a Prefect server that outlives it"),
-    (["--params", "missing.json"], {"PREFECT_API_URL": "http://127.0.0.1:9/api"}, "no such file"),
-    (["--params", "list.json"], {"PREFECT_API_URL": "http://127.0.0.1:9/api"}, "a JSON object"),
+@pytest.mark.parametrize("args, message", [
+    (["--cron", "0 2 * * *"], "--cron schedules one flow"),
+    (["--limit", "0"], "--limit 0"),
+    (["--params", "missing.json"], "no such file"),
+    (["--params", "list.json"], "a JSON object"),
 ])
-def test_serve_refuses_bad_arguments_before_any_server(args, env, message, tmp_path, monkeypatch, capsys):
+def test_serve_refuses_bad_arguments_before_any_server(args, message, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "list.json").write_text(json.dumps([1, 2]))
-    monkeypatch.delenv("PREFECT_API_URL", raising=False)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
     assert cli(["serve", *args]) == 2
     assert message in capsys.readouterr().err
+
+
+def _serve(tmp_path, **env) -> subprocess.CompletedProcess:
+    """``dinoseg serve`` in a fresh process (Prefect reads its settings once per process), its own Prefect home."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    return subprocess.run([sys.executable, "-m", "dinoseg", "serve"], env={**clean, "PREFECT_HOME": str(tmp_path),
+                          **env}, capture_output=True, text=True, timeout=120)
 
 
 @pytest.mark.slow  # imports Prefect (seconds on a busy machine)
@@ -40,3 +46,13 @@ def test_prefect_logs_at_warning_on_the_terminal_unless_the_user_chose_a_level(t
     monkeypatch.setenv("PREFECT_LOGGING_LEVEL", "INFO")  # the user's choice wins
     assert cli(["vacuum", "--archive", str(tmp_path / "none.zarr")]) == 2
     assert load_logging_config(DEFAULT_LOGGING_SETTINGS_PATH)["handlers"]["console"]["level"] == 0
+
+
+@pytest.mark.slow  # two processes that import Prefect
+def test_serve_needs_a_server_that_answers_and_names_only_the_fix_that_applies(tmp_path):
+    done = _serve(tmp_path)
+    assert done.returncode == 2 and "needs a Prefect server that outlives it" in done.stderr, done.stderr
+    done = _serve(tmp_path, PREFECT_API_URL="http://127.0.0.1:9/api")  # nothing listens on port 9
+    assert done.returncode == 3, done.stderr
+    assert "no Prefect server answers at PREFECT_API_URL=http://127.0.0.1:9/api" in done.stderr
+    assert "temporary server" not in done.stderr  # serving needs a server that outlives the command
