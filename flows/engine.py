@@ -71,7 +71,7 @@ def label(
         _check_concurrency_limit(run.concurrency_limit)
     so = resolved_storage_options(run)  # a Secret block's credentials are merged in this process, never a parameter
     open_archive(archive, so, create=False)  # a foreign or unreadable archive fails before any work
-    items = list_images(images, so, run.stac_asset)
+    items = list_images(images, so, run.stac_asset, run.allow_reference_urls or ())
     labeller = with_item_bands(prepare(run), items)
     open_archive(archive, so, create=True)  # created only now: an invalid run leaves no empty archive behind
     job = LabelJob(archive, input_prefix(images, items), run)

@@ -28,6 +28,7 @@ from dinoseg_core.errors import InputError
 from dinoseg_core.io import imageio, storage
 from dinoseg_core.io.archive import MaskArchive, image_key
 from tasks.labelling import IO_THREADS, ImageOutcome, LabelJob
+from tasks.options import RunOptions, resolved_storage_options
 from tasks.retry import STORAGE_RETRIES
 from tasks.sources import item_kind
 
@@ -64,7 +65,7 @@ def write_outputs(outcomes: list[ImageOutcome], job: LabelJob, concepts: Sequenc
     if job.run.cog_output and done:
         masks = [(concept, image_key(o.uri, job.input_prefix), concept in o.concepts)
                  for o in done for concept in concepts]
-        failed = write_cogs(job.archive_url, masks, job.run.storage_options)
+        failed = write_cogs(job.archive_url, masks, job.run)
         if failed:
             by_key = {image_key(o.uri, job.input_prefix): o for o in done}
             reasons = {by_key[key].uri: reason for key, reason in failed.items()}
@@ -74,17 +75,18 @@ def write_outputs(outcomes: list[ImageOutcome], job: LabelJob, concepts: Sequenc
                for c in concepts}
     if any(written.values()):
         overlay_artifacts(job.archive_url, {c: keys[:SHEET_MASKS] for c, keys in written.items() if keys}, run_id,
-                          overlay_key, job.run.storage_options)
+                          overlay_key, job.run)
     return outcomes
 
 
 @task(name="write-cogs", cache_policy=NO_CACHE, **STORAGE_RETRIES)
-def write_cogs(archive_url: str, masks: list[tuple[str, str, bool]], storage_options: dict | None
-               ) -> dict[str, str]:
+def write_cogs(archive_url: str, masks: list[tuple[str, str, bool]], run: RunOptions) -> dict[str, str]:
     """Write the COG of each ``(concept, image key, fresh)`` mask that is georeferenced: always when ``fresh``
     (written by this run), else only when its COG is missing. Returns ``{image key: reason}`` of the failures."""
     from dinoseg_core.geo.georef import georeference_from_attrs
     from dinoseg_core.io.cog import gdal_tags, write_cog
+
+    storage_options = resolved_storage_options(run)  # a Secret block's credentials: resolved here, never a parameter
 
     archive = MaskArchive.open(archive_url, storage_options, mode="r")
 
@@ -117,10 +119,11 @@ def write_cogs(archive_url: str, masks: list[tuple[str, str, bool]], storage_opt
 
 @task(name="overlay-artifacts", cache_policy=NO_CACHE)
 def overlay_artifacts(archive_url: str, keys: dict[str, list[str]], run_id: str, key_prefix: str,
-                      storage_options: dict | None) -> dict[str, str]:
+                      run: RunOptions) -> dict[str, str]:
     """One contact sheet per concept of ``keys`` (image keys of its masks), written to :func:`overlay_folder` and
     published as an artifact keyed ``<key_prefix>-<concept>``. Returns ``{concept: URL or path of the PNG}``. A
     sheet that cannot be drawn is a warning: the masks are written."""
+    storage_options = resolved_storage_options(run)
     archive = MaskArchive.open(archive_url, storage_options, mode="r")
     logger = get_run_logger()
     sheets = {}

@@ -22,6 +22,7 @@ from prefect.cache_policies import NO_CACHE
 from dinoseg_core.errors import InputError, ObjectNotFoundError
 from dinoseg_core.io import storage
 from dinoseg_core.io.imageio import RASTER_SUFFIXES
+from dinoseg_core.io.manifest import check_reference_origin
 from dinoseg_core.io.stac import is_stac, read_stac_images
 from tasks.retry import STORAGE_RETRIES
 
@@ -68,14 +69,19 @@ def input_prefix(images: str | Sequence[str], items: Sequence[WorkItem] = ()) ->
 
 
 @task(name="list-images", cache_policy=NO_CACHE, **STORAGE_RETRIES)
-def list_images(images: str | Sequence[str], storage_options: dict | None = None, stac_asset: str | None = None
-                ) -> list[WorkItem]:
+def list_images(images: str | Sequence[str], storage_options: dict | None = None, stac_asset: str | None = None,
+                allow_reference_urls: Sequence[str] = ()) -> list[WorkItem]:
     """The collection's items, sorted (a glob, folder or single file) or in the given order (a list, duplicates
     dropped; a STAC document, in its items' order). A pattern that matches nothing, an empty folder or a missing
-    file is an :class:`InputError`; so is an Item without the asset ``stac_asset`` asks for."""
+    file is an :class:`InputError`; so is an Item without the asset ``stac_asset`` asks for, and, as for a
+    manifest's references, an asset outside the catalog's own storage unless it starts with one of
+    ``allow_reference_urls`` (a catalog on S3 naming ``file:///etc/...``), refused before anything is read."""
     if is_stac(images):
+        found = read_stac_images(images, stac_asset, storage_options)
+        for image in found:
+            check_reference_origin(images, image.url, allow_reference_urls)
         return [WorkItem(image.url, None, "scene" if image.raster else item_kind(image.url), image.bands)
-                for image in read_stac_images(images, stac_asset, storage_options)]
+                for image in found]
     if stac_asset is not None:
         raise InputError(f"stac_asset={stac_asset!r} chooses the assets of a STAC catalog, but images={images!r} is "
                          "not one (a .json URL); leave stac_asset out")

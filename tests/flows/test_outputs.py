@@ -18,6 +18,7 @@ from dinoseg_core.geo.synthetic import write_synthetic_geotiff
 from dinoseg_core.io import storage
 from dinoseg_core.io.archive import MaskArchive
 from flows.labelling import label_collection
+from tasks.options import RunOptions
 from tasks.outputs import cog_folder
 from tests.pipeline_data import TINY, artifacts_of, write_collection
 
@@ -108,7 +109,7 @@ def test_a_local_archive_gets_a_markdown_overlay_artifact_naming_the_file(tmp_pa
         "backbone_fingerprint": "f", "config": {}, "reference_set_hash": "r"})
     key = "dinoseg-test-overlay-roof"
     sheets = overlay_artifacts(str(tmp_path / "a.zarr"), {"roof": ["t"]}, "0123456789", "dinoseg-test-overlay",
-                               None)
+                               RunOptions())
     assert sheets == {"roof": f"{overlay_folder(str(tmp_path / 'a.zarr'))}/roof-01234567.png"}
     assert storage.read_bytes(sheets["roof"]).startswith(b"\x89PNG")
     with get_client(sync_client=True) as client:

@@ -97,6 +97,13 @@ def test_stac_errors_name_the_item_the_asset_and_the_fix(tmp_path):
         read_stac_images(str(per_band), "red,green,blue")
     with pytest.raises(InputError, match="several image asset"):  # no 'visual', several images: choose one
         read_stac_images(str(per_band))
+    elsewhere = tmp_path / "elsewhere.json"  # as for a manifest: assets stay on the catalog's storage unless allowed
+    item = _item("far", {"visual": pystac.Asset("s3://other-bucket/x.tif", media_type=pystac.MediaType.COG)})
+    elsewhere.write_text(json.dumps({"type": "FeatureCollection", "features": [item.to_dict()]}))
+    with pytest.raises(InputError, match="s3://other-bucket/x.tif.*allow-reference-url"):
+        list_images.fn(str(elsewhere))
+    assert [i.url for i in list_images.fn(str(elsewhere), None, None, ["s3://other-bucket/"])] == [
+        "s3://other-bucket/x.tif"]
     (tmp_path / "other.json").write_text('{"type": "Topology"}')
     with pytest.raises(InputError, match="not a STAC document"):
         read_stac_images(str(tmp_path / "other.json"))
