@@ -16,6 +16,7 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from pydantic import Field
+from tqdm import tqdm
 
 from dinoseg_core.config import DEFAULT_BACKBONE, InsidConfig, MethodOptions, apply_options
 from dinoseg_core.errors import InputError
@@ -144,8 +145,12 @@ def calibrate_references(
         apply_options(manifest.config_for(name), method_given)
     collection = open_labelled_collection(extra, extra_layout, run=run) if extra else None
     spec = BackboneSpec(backbone, run.device, run.dtype, run.compile)
-    results = [calibrate_one(manifest.url, name, spec, method_given, collection, taus, merge_thresholds, run,
-                             bands, radiometry) for name in names]
+    results = []
+    with tqdm(names, desc="calibrate", unit="concept", disable=None, dynamic_ncols=True) as bar:  # terminal only
+        for name in bar:
+            bar.set_postfix_str(name)
+            results.append(calibrate_one(manifest.url, name, spec, method_given, collection, taus,
+                                         merge_thresholds, run, bands, radiometry))
     files = write_calibrated_manifest(manifest.url, out, results, method_given, backbone, run)
     create_table_artifact(
         [{"concept": r["concept"], "mode": r["mode"], "folds": r["folds"],

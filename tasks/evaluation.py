@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from tqdm import tqdm
 
 from dinoseg_core.calibrate import DEFAULT_MERGE_THRESHOLDS, DEFAULT_TAUS, LabelledShot, calibrate_concept
 from dinoseg_core.config import InsidConfig, apply_options
@@ -54,13 +55,16 @@ def evaluate_fold(collection: FewShotCollection, fold: int, shots: int, episodes
         logger.warning("RANDOM WEIGHTS: backbone %r is random; the scores say nothing about the method.",
                        backbone.spec)
     every = max(1, len(drawn) // 10)
+    bar = tqdm(total=len(drawn), desc=f"evaluate fold {fold}", unit="episode", disable=None,  # terminal only
+               dynamic_ncols=True)
 
     def progress(done: int, total: int) -> None:
+        bar.update(done - bar.n)
         if done % every == 0 or done == total:
             logger.info("fold %d: %d/%d episodes", fold, done, total)
 
     so = resolved_storage_options(run)
-    with runtime.backbone_turn(seg.backbone.device, run.concurrency_limit):
+    with bar, runtime.backbone_turn(seg.backbone.device, run.concurrency_limit):
         result = evaluate_episodes(seg, drawn, lambda key: collection.load(key, so), classes,
                                    config, cache_size=cache_size, progress=progress)
     result["classes"] = {str(c): {"name": collection.classes[c], **v} for c, v in result["classes"].items()}

@@ -1,7 +1,9 @@
 """The quality flows end to end: `dinoseg evaluate` reproduces an independent computation of the paper's metrics,
 and `dinoseg calibrate` writes a manifest that `dinoseg label` uses as is."""
 
+import io
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -16,6 +18,11 @@ from dinoseg_core.io.manifest import load_manifest
 from dinoseg_core.segmenter import InContextSegmenter
 from tests.dinoseg_core.fss_data import write_isaid, write_reference_manifest
 from tests.pipeline_data import TINY, artifacts_of
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
 
 
 def independent_scores(root, episodes, size=128, tau=0.9):
@@ -48,15 +55,20 @@ def independent_scores(root, episodes, size=128, tau=0.9):
 
 
 @pytest.mark.slow
-def test_evaluate_on_an_isaid_layout_matches_an_independent_implementation(tmp_path, capsys):
+def test_evaluate_on_an_isaid_layout_matches_an_independent_implementation(tmp_path, capsys, monkeypatch):
     root = tmp_path / "iSAID"
     write_isaid(str(root), n_images=6, size=128)
     out = tmp_path / "report"
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)  # on a terminal, each fold draws a progress bar
     code = main(["evaluate", "--dataset", str(root), "--fold", "0", "--shots", "1", "--episodes", "8", "--seed", "1",
                  "--backbone", TINY, "--device", "cpu", "--image-size", "128", "--tau", "0.9", "--out", str(out)])
     assert code == 0
+    monkeypatch.undo()
     printed = capsys.readouterr()
-    assert "| 0 |" in printed.out and "mIoU" in printed.err
+    assert "| 0 |" in printed.out and "mIoU" in printed.err + terminal.getvalue()
+    bar = terminal.getvalue().split("evaluate fold 0")[-1].split("\n")[0].rsplit("\r", 1)[-1]
+    assert "8/8" in bar and "episode" in bar, terminal.getvalue()[-500:]
     result = json.loads((out / "evaluation.json").read_text())
     assert (out / "evaluation.md").read_text().startswith("# INSID3 evaluation")
     fold = result["folds"][0]
@@ -69,13 +81,17 @@ def test_evaluate_on_an_isaid_layout_matches_an_independent_implementation(tmp_p
 
 
 @pytest.mark.slow
-def test_calibrate_writes_a_manifest_that_label_uses_as_is(tmp_path, capsys):
+def test_calibrate_writes_a_manifest_that_label_uses_as_is(tmp_path, capsys, monkeypatch):
     refs = write_reference_manifest(str(tmp_path), concepts=("water", "roof"), shots=2, size=128)
     out = tmp_path / "calibrated.yaml"
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)  # on a terminal, a progress bar over the concepts
     code = main(["calibrate", "--references", refs, "--out", str(out), "--backbone", TINY, "--device", "cpu",
                  "--image-size", "128", "--taus", "0.6", "0.9", "--merge-thresholds", "0.2", "0.4"])
     assert code == 0
+    monkeypatch.undo()
     assert "| water | leave-one-out (2) |" in capsys.readouterr().out
+    assert "calibrate" in terminal.getvalue() and "2/2" in terminal.getvalue(), terminal.getvalue()[-500:]
     text = out.read_text()
     report = json.loads((tmp_path / "calibrated.calibration.json").read_text())
     calibrated = load_manifest(str(out))
