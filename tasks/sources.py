@@ -77,9 +77,10 @@ def list_images(images: str | Sequence[str], storage_options: dict | None = None
     manifest's references, an asset outside the catalog's own storage unless it starts with one of
     ``allow_reference_urls`` (a catalog on S3 naming ``file:///etc/...``), refused before anything is read."""
     if is_stac(images):
-        found = read_stac_images(images, stac_asset, storage_options)
-        for image in found:
-            check_reference_origin(images, image.url, allow_reference_urls)
+        found = read_stac_images(images, stac_asset, storage_options, list(allow_reference_urls or ()))
+        for image in found:  # a per-band stack's VRT is local: its assets are what must stay on the storage
+            for url in image.sources or (image.url,):
+                check_reference_origin(images, url, allow_reference_urls)
         return [WorkItem(image.url, None, "scene" if image.raster else item_kind(image.url), image.bands)
                 for image in found]
     if stac_asset is not None:

@@ -10,9 +10,15 @@ chosen by :func:`read_stac_images`'s ``asset``:
   hold every name (matched against ``name`` and ``common_name``, case-insensitively), read as those bands in that
   order (1-based band numbers, as ``--bands``).
 
-Items whose bands live in one asset *per band* (Sentinel-2 style ``red``, ``green``, ``blue`` COGs) are refused
-with a message: stacking files is GDAL's job (``gdalbuildvrt -separate``), and one file per item keeps every
-mask traceable to one source.
+Items whose bands live in one asset *per band* (Sentinel-2 style ``red``, ``green``, ``blue`` or ``B04``,
+``B03``, ``B02`` single-band COGs) are stacked: with 1 or 3 names, each an asset key or the name/common name of
+an asset's only band, the Item's image is a GDAL VRT (one ``VRTRasterBand`` per name, in that order, each a
+``SimpleSource`` reading the asset through GDAL: local paths as they are, ``s3://`` as ``/vsis3/``, ``http(s)``
+as ``/vsicurl/``, ``gs://`` as ``/vsigs/``) written to :data:`VRT_DIR` as ``<catalog hash>/<item id>.vrt``.
+Every band must have the same size, CRS and transform (an :class:`InputError` names the Item and the asset that
+differs; different resolutions are never resampled). The VRT records every asset's stamp (ETag or mtime), so a
+changed band changes the VRT's bytes, hence its sha256, and the Item is relabelled; it is rewritten only when its
+content changes. The asset hrefs (not the VRT) are what :attr:`StacImage.sources` lists for the origin check.
 
 **Out.** :func:`label_item` builds a STAC Item with the label extension (v1.0.1) for one archived mask: raster
 labels, ``label:tasks = ["segmentation"]``, ``label:methods = ["automated"]``, the class values of the mask (0
@@ -34,6 +40,8 @@ from dinoseg_core.io import storage
 
 __all__ = [
     "LABEL_EXTENSION",
+    "VRT_DIR",
+    "gdal_vsi_path",
     "StacImage",
     "is_stac",
     "read_stac_items",
@@ -64,6 +72,12 @@ class StacImage:
     url: str
     bands: tuple[int, ...] | None = None
     raster: bool = False
+    #: the asset URLs read (the stacked assets of a per-band VRT; empty: ``url`` itself)
+    sources: tuple[str, ...] = ()
+
+
+#: Local folder of the VRTs that stack per-band assets; None: ``~/.cache/dinoseg/stac-vrt``.
+VRT_DIR: str | None = None
 
 
 def is_stac(images: Any) -> bool:
@@ -150,9 +164,12 @@ def _absolute(url: str) -> str:
     return url if "://" in url else os.path.abspath(url)
 
 
-def read_stac_images(url: str, asset: str | None = None, storage_options: dict[str, Any] | None = None
-                     ) -> list[StacImage]:
+def read_stac_images(url: str, asset: str | None = None, storage_options: dict[str, Any] | None = None,
+                     allow_reference_urls: Sequence[str] | None = None) -> list[StacImage]:
     """One :class:`StacImage` per Item of the STAC document at ``url``, duplicates (same href) dropped.
+
+    With ``allow_reference_urls`` (a list, maybe empty), per-band assets are checked to stay on the catalog's
+    storage (:func:`dinoseg_core.io.manifest.check_reference_origin`) before they are opened.
 
     ``asset``: None (``visual``, else the only image asset), an asset key, or comma-separated band names (see the
     module docstring). An Item without the chosen asset is an :class:`InputError` naming the Item and its assets.
@@ -162,14 +179,15 @@ def read_stac_images(url: str, asset: str | None = None, storage_options: dict[s
         raise InputError(f"stac_asset={asset!r}: give an asset key (visual) or band names (red,green,blue)")
     images, seen = [], set()
     for item in read_stac_items(url, storage_options):
-        image = _item_image(item, names)
+        image = _item_image(item, names, url, storage_options, allow_reference_urls)
         if image.url not in seen:
             seen.add(image.url)
             images.append(image)
     return images
 
 
-def _item_image(item: Any, names: list[str]) -> StacImage:
+def _item_image(item: Any, names: list[str], catalog: str = "", storage_options: dict[str, Any] | None = None,
+                allow_reference_urls: Sequence[str] | None = None) -> StacImage:
     assets = item.assets
     keys = ", ".join(sorted(assets)) or "none"
     if not names:
@@ -187,11 +205,11 @@ def _item_image(item: Any, names: list[str]) -> StacImage:
         numbers = _band_numbers(candidate, names)
         if numbers is not None:
             return _image(item, key, numbers)
-    if all(n in assets for n in names):
-        raise InputError(
-            f"STAC item {item.id!r}: the bands {', '.join(names)} are separate assets (one file per band); dinoseg "
-            "reads one file per item: stack them first (gdalbuildvrt -separate) or choose one multi-band asset "
-            f"(e.g. visual); its assets: {keys}")
+    per_band = _per_band_assets(item, names)
+    if per_band is not None:
+        if len(per_band) not in (1, 3):
+            raise InputError(f"stac_asset={','.join(names)!r}: give 1 band name (grey) or 3 (RGB), got {len(names)}")
+        return _stacked(item, per_band, catalog, storage_options, allow_reference_urls)
     raise InputError(f"STAC item {item.id!r}: no asset {','.join(names)!r}, and no asset whose eo:bands hold "
                      f"{', '.join(names)}; its assets: {keys}")
 
@@ -228,6 +246,120 @@ def _band_numbers(asset: Any, names: list[str]) -> tuple[int, ...] | None:
     if len(numbers) not in (1, 3):
         raise InputError(f"stac_asset={','.join(names)!r}: give 1 band name (grey) or 3 (RGB), got {len(numbers)}")
     return tuple(numbers)
+
+
+def _single_band(asset: Any) -> set[str]:
+    """The lower-case name and common name of an asset's only band (empty: none listed, or several)."""
+    bands = asset.extra_fields.get("eo:bands") or asset.extra_fields.get("bands") or []
+    if not isinstance(bands, list) or len(bands) != 1 or not isinstance(bands[0], Mapping):
+        return set()
+    band = bands[0]
+    return {str(v).lower() for v in (band.get("name"), band.get("common_name"), band.get("eo:common_name")) if v}
+
+
+def _per_band_assets(item: Any, names: list[str]) -> list[str] | None:
+    """The asset key of each name (an asset key, else the asset whose only band has that name or common name),
+    or None if one name matches no asset."""
+    keys = []
+    for name in names:
+        if name in item.assets:
+            keys.append(name)
+            continue
+        found = [k for k, a in item.assets.items() if name.lower() in _single_band(a)]
+        if not found:
+            return None
+        keys.append(found[0])
+    return keys
+
+
+_GDAL_TYPES = {"uint8": "Byte", "int8": "Int8", "uint16": "UInt16", "int16": "Int16", "uint32": "UInt32",
+               "int32": "Int32", "uint64": "UInt64", "int64": "Int64", "float32": "Float32", "float64": "Float64"}
+_VSI = {"s3": "/vsis3/", "s3a": "/vsis3/", "gs": "/vsigs/", "gcs": "/vsigs/"}
+
+
+def gdal_vsi_path(url: str) -> str:
+    """The path GDAL reads ``url`` at inside a VRT: local paths absolute, ``s3://b/k`` -> ``/vsis3/b/k``,
+    ``http(s)://`` -> ``/vsicurl/<url>``, ``gs://`` -> ``/vsigs/``; other protocols are an :class:`InputError`."""
+    proto = storage.protocol(url)
+    if proto == "file":
+        return os.path.abspath(url[len("file://"):] if url.startswith("file://") else url)
+    if proto in ("http", "https"):
+        return "/vsicurl/" + url
+    if proto in _VSI:
+        return _VSI[proto] + url.split("://", 1)[1]
+    raise InputError(f"{storage.display_url(url)}: per-band assets are stacked by GDAL, which reads local paths, "
+                     f"s3://, gs:// and http(s):// URLs, not {proto}://; choose one multi-band asset instead")
+
+
+def _stacked(item: Any, keys: list[str], catalog: str, storage_options: dict[str, Any] | None,
+             allow_reference_urls: Sequence[str] | None = None) -> StacImage:
+    """The Item's per-band assets ``keys`` stacked as one VRT (see the module docstring)."""
+    import hashlib
+    from xml.sax.saxutils import escape
+
+    from dinoseg_core.io.raster import _open_dataset
+
+    hrefs = [_asset_href(item, key) for key in keys]
+    if allow_reference_urls is not None:
+        from dinoseg_core.io.manifest import check_reference_origin
+
+        for href in hrefs:
+            check_reference_origin(catalog, href, allow_reference_urls)
+    grids = []
+    for key, href in zip(keys, hrefs):
+        with _open_dataset(href, storage_options) as ds:
+            if ds.count != 1:
+                raise InputError(f"STAC item {item.id!r}: asset {key!r} has {ds.count} bands; stacking per-band "
+                                 "assets takes single-band ones (choose the multi-band asset by its key instead)")
+            grids.append((ds.width, ds.height, ds.crs, ds.transform, ds.dtypes[0], ds.nodata))
+    width, height, crs, transform, _, _ = grids[0]
+    for key, (w, h, c, t, _, _) in zip(keys[1:], grids[1:]):
+        if (w, h) != (width, height) and c == crs and (abs(t.a), abs(t.e)) != (abs(transform.a), abs(transform.e)):
+            raise InputError(
+                f"STAC item {item.id!r}: asset {key!r} has another resolution ({abs(t.a):g} x {abs(t.e):g}, "
+                f"{w}x{h} px) than {keys[0]!r} ({abs(transform.a):g} x {abs(transform.e):g}, {width}x{height} px); "
+                "dinoseg does not resample: choose assets of one resolution (e.g. the 10 m bands red,green,blue)")
+        if (w, h) != (width, height) or c != crs or not t.almost_equals(transform):
+            raise InputError(
+                f"STAC item {item.id!r}: asset {key!r} ({w}x{h} px, {c}, {tuple(t)[:6]}) is not on the grid of "
+                f"{keys[0]!r} ({width}x{height} px, {crs}, {tuple(transform)[:6]}); per-band assets must share size, "
+                "CRS and transform")
+    stamps = [storage.stat_stamp(href, storage_options) for href in hrefs]
+    colours = ("Red", "Green", "Blue") if len(keys) == 3 else ("Gray",)
+    bands = []
+    for number, (key, href, grid, colour) in enumerate(zip(keys, hrefs, grids, colours), start=1):
+        dtype, nodata = grid[4], grid[5]
+        if dtype not in _GDAL_TYPES:
+            raise InputError(f"STAC item {item.id!r}: asset {key!r} has pixel type {dtype}, which dinoseg cannot stack")
+        nodata_xml = f"    <NoDataValue>{nodata!r}</NoDataValue>\n" if nodata is not None else ""
+        bands.append(
+            f'  <VRTRasterBand dataType="{_GDAL_TYPES[dtype]}" band="{number}">\n{nodata_xml}'
+            f"    <ColorInterp>{colour}</ColorInterp>\n    <Description>{escape(key)}</Description>\n"
+            f'    <SimpleSource>\n      <SourceFilename relativeToVRT="0">{escape(gdal_vsi_path(href))}'
+            f"</SourceFilename>\n      <SourceBand>1</SourceBand>\n    </SimpleSource>\n  </VRTRasterBand>\n")
+    t = transform
+    geo = f"  <GeoTransform>{t.c!r}, {t.a!r}, {t.b!r}, {t.f!r}, {t.d!r}, {t.e!r}</GeoTransform>\n"
+    srs = f"  <SRS>{escape(crs.to_wkt())}</SRS>\n" if crs is not None else ""
+    meta = "".join(f'    <MDI key="{escape(k)}">{escape(v)}</MDI>\n' for k, v in
+                   [("dinoseg:stac_item", item.id)] + [(f"dinoseg:asset:{key}", f"{href} {stamp}")
+                                                       for key, href, stamp in zip(keys, hrefs, stamps)])
+    xml = (f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">\n{srs}{geo}  <Metadata>\n{meta}'
+           f"  </Metadata>\n{''.join(bands)}</VRTDataset>\n")
+    folder = os.path.join(VRT_DIR or os.path.expanduser("~/.cache/dinoseg/stac-vrt"),
+                          hashlib.sha256(_absolute(catalog).encode()).hexdigest()[:16])
+    path = os.path.join(folder, "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in item.id) + ".vrt")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            current = handle.read()
+    except OSError:
+        current = None
+    if current != xml:  # rewritten only when a band (or the choice) changed: its mtime is the item's stamp
+        os.makedirs(folder, exist_ok=True)
+        temporary = f"{path}.{os.getpid()}.tmp"
+        with open(temporary, "w", encoding="utf-8") as handle:
+            handle.write(xml)
+        os.replace(temporary, path)
+    return StacImage(item.id, path, tuple(range(1, len(keys) + 1)), True, tuple(hrefs))
 
 
 def _asset_href(item: Any, key: str) -> str:

@@ -22,7 +22,7 @@ from dinoseg_core.io.archive import MaskArchive
 from dinoseg_core.io.raster import open_raster
 from dinoseg_core.io.stac import LABEL_EXTENSION, is_stac, read_stac_images
 from tasks.sources import WorkItem, input_prefix, list_images
-from tests.dinoseg_core.geo_data import band_stack, write_geotiff
+from tests.dinoseg_core.geo_data import TRANSFORM, band_stack, write_geotiff
 
 LABEL_SCHEMA = Path(__file__).parents[2] / "data" / "stac" / "label-v1.0.1.schema.json"
 ITEM_SCHEMA = f"https://schemas.stacspec.org/v{pystac.get_stac_version()}/item-spec/json-schema/item.json"
@@ -90,10 +90,10 @@ def test_stac_errors_name_the_item_the_asset_and_the_fix(tmp_path):
         read_stac_images(url, "red,green")
     with pytest.raises(InputError, match="is not one .a .json URL.; leave stac_asset out"):
         list_images.fn(f"{tmp_path}/data/*.tif", None, "visual")
-    per_band = tmp_path / "per_band.json"  # one file per band (Sentinel-2 style): refused with the fix
+    per_band = tmp_path / "per_band.json"  # per-band assets that are not single-band: refused, naming one
     item = _item("s2", {b: pystac.Asset(tifs[0], media_type=pystac.MediaType.COG) for b in ("red", "green", "blue")})
     per_band.write_text(json.dumps({"type": "FeatureCollection", "features": [item.to_dict()]}))
-    with pytest.raises(InputError, match="separate assets.*gdalbuildvrt -separate"):
+    with pytest.raises(InputError, match="item 's2': asset 'red' has 4 bands; stacking per-band assets takes single"):
         read_stac_images(str(per_band), "red,green,blue")
     with pytest.raises(InputError, match="several image asset"):  # no 'visual', several images: choose one
         read_stac_images(str(per_band))
@@ -177,3 +177,61 @@ def test_export_stac_writes_label_items_that_validate_offline(tmp_path, capsys):
     assert tile.geometry is None and tile.assets["labels"].media_type == "application/vnd+zarr"
     assert tile.assets["labels"].href.startswith(str(tmp_path / "a.zarr"))
     assert "polygons" not in tile.assets
+
+
+def _per_band_catalog(root: Path, stacks: list[np.ndarray], names=("red", "green", "blue")) -> tuple[str, list]:
+    """An ItemCollection whose items hold one single-band COG per band (Sentinel-2 style: assets B04, B03, B02 with
+    one eo:band each, common names red, green, blue), from the (3, H, W) ``stacks``."""
+    features, files = [], []
+    for i, stack in enumerate(stacks):
+        assets, paths = {}, []
+        (root / f"s{i}").mkdir(parents=True, exist_ok=True)
+        for key, common, band in zip(("B04", "B03", "B02"), names, stack):
+            paths.append(write_geotiff(root / f"s{i}" / f"{key}.tif", band))
+            assets[key] = pystac.Asset(f"s{i}/{key}.tif", media_type=pystac.MediaType.COG, roles=["data"],
+                                       extra_fields={"eo:bands": [{"name": key, "common_name": common}]})
+        features.append(_item(f"s2-{i}", assets).to_dict(include_self_link=False))
+        files.append(paths)
+    url = root / "items.json"
+    url.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    return str(url), files
+
+
+def test_per_band_assets_are_stacked_as_one_scene_pixel_equal_to_a_stacked_geotiff(tmp_path, monkeypatch):
+    from dinoseg_core.io import stac
+    from dinoseg_core.io.raster import read_window
+
+    monkeypatch.setattr(stac, "VRT_DIR", str(tmp_path / "vrt"))
+    stacks = [band_stack(40, 56, count=3, seed=i) for i in range(2)]
+    url, files = _per_band_catalog(tmp_path / "cat", stacks)
+    images = read_stac_images(url, "red,green,blue")
+    assert read_stac_images(url, "B04,B03,B02") == images  # asset keys or band (common) names alike
+    assert [(i.item_id, i.bands, i.raster, i.sources) for i in images] == [
+        (f"s2-{i}", (1, 2, 3), True, tuple(files[i])) for i in range(2)]
+    items = list_images.fn(url, None, "red,green,blue")
+    assert [(w.url, w.kind, w.bands) for w in items] == [(i.url, "scene", (1, 2, 3)) for i in images]
+    for image, stack in zip(images, stacks):
+        whole = write_geotiff(tmp_path / f"{image.item_id}.tif", stack)
+        vrt, tif = open_raster(image.url, image.bands), open_raster(whole, (1, 2, 3))
+        assert (vrt.crs, vrt.transform, vrt.shape, vrt.stretch, vrt.nodata) == (
+            tif.crs, tif.transform, tif.shape, tif.stretch, tif.nodata)
+        for got, want in zip(read_window(vrt), read_window(tif)):
+            np.testing.assert_array_equal(got, want)
+    grey = read_stac_images(url, "green")[0]  # one name of a single-band asset: that file, grey
+    assert (grey.url, grey.bands, grey.sources) == (files[0][1], (1,), ())
+
+    before = Path(images[0].url).read_bytes()
+    write_geotiff(files[0][1], stacks[1][1])  # a band rewritten: the VRT's bytes (hence its sha256) change
+    after = read_stac_images(url, "red,green,blue")[0]
+    assert after.url == images[0].url and Path(after.url).read_bytes() != before
+    assert Path(read_stac_images(url, "red,green,blue")[0].url).read_bytes() == Path(after.url).read_bytes()
+
+    write_geotiff(files[1][2], band_stack(40, 48, count=1)[0])  # another size: refused, naming item and asset
+    with pytest.raises(InputError, match=r"item 's2-1': asset 'B02' .*40 px.* not on the grid of 'B04'"):
+        read_stac_images(url, "red,green,blue")
+    coarse = rasterio.Affine(2 * TRANSFORM.a, 0, TRANSFORM.c, 0, 2 * TRANSFORM.e, TRANSFORM.f)  # 20 m, as B11
+    write_geotiff(files[1][2], band_stack(20, 28, count=1)[0], transform=coarse)
+    with pytest.raises(InputError, match=r"item 's2-1': asset 'B02' has another resolution.*does not resample"):
+        read_stac_images(url, "red,green,blue")
+    with pytest.raises(InputError, match="1 band name.*or 3"):
+        read_stac_images(url, "red,green")
