@@ -225,7 +225,7 @@ def _gdal_env(url: str, storage_options: dict[str, Any] | None, native: bool = T
     """A ``rasterio.Env`` for ``url``: for ``s3://`` read by GDAL (``native``), credentials through rasterio's
     ``AWSSession`` (rasterio refuses ``AWS_ACCESS_KEY_ID`` as a plain config option) and the endpoint options as
     GDAL config."""
-    options = gdal_env_options(url, storage_options) if native else {}
+    options = gdal_env_options(_env_url(url), storage_options) if native else {}
     common = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR", "GDAL_CACHEMAX": GDAL_CACHE_MB * 2**20}  # bytes
     if not options:
         return rasterio.Env(**common)
@@ -240,6 +240,14 @@ def _gdal_env(url: str, storage_options: dict[str, Any] | None, native: bool = T
         aws_unsigned=bool(options.pop("AWS_NO_SIGN_REQUEST", None)),
     )
     return rasterio.Env(session=session, **common, **options)
+
+
+def _env_url(url: str) -> str:
+    """The URL whose GDAL options a read of ``url`` needs: a local ``.vrt`` (a stack of a STAC item's per-band
+    assets, :mod:`dinoseg_core.io.stac`) reads its sources through ``/vsis3/`` with the run's S3 options."""
+    if storage.protocol(url) == "file" and url.lower().endswith(".vrt") and _gdal_s3_available():
+        return "s3://"
+    return url
 
 
 def _gdal_path(url: str) -> str:

@@ -235,3 +235,28 @@ def test_per_band_assets_are_stacked_as_one_scene_pixel_equal_to_a_stacked_geoti
         read_stac_images(url, "red,green,blue")
     with pytest.raises(InputError, match="1 band name.*or 3"):
         read_stac_images(url, "red,green")
+
+
+def test_per_band_assets_on_s3_are_stacked_and_read_through_gdal(s3_server, tmp_path, monkeypatch):
+    from dinoseg_core.io import stac
+    from dinoseg_core.io.raster import read_window
+
+    monkeypatch.setattr(stac, "VRT_DIR", str(tmp_path / "vrt"))
+    so = s3_server["storage_options"]
+    bucket = s3_server["make_bucket"]()
+    stack = band_stack(40, 56, count=3)
+    local, files = _per_band_catalog(tmp_path / "cat", [stack])
+    for path in files[0]:
+        storage.write_bytes(f"{bucket}/cat/s0/{Path(path).name}", Path(path).read_bytes(), so)
+    url = f"{bucket}/cat/items.json"
+    storage.write_bytes(url, Path(local).read_bytes(), so)
+    (item,) = list_images.fn(url, so, "red,green,blue")
+    assert "/vsis3/" + f"{bucket}/cat/s0/B04.tif"[len("s3://"):] in Path(item.url).read_text()
+    vrt, tif = open_raster(item.url, item.bands, so), open_raster(write_geotiff(tmp_path / "whole.tif", stack))
+    for got, want in zip(read_window(vrt), read_window(tif)):
+        np.testing.assert_array_equal(got, want)
+    elsewhere = json.loads(Path(local).read_text())  # a band on another bucket: refused before it is opened
+    elsewhere["features"][0]["assets"]["B03"]["href"] = "s3://other-bucket/B03.tif"
+    storage.write_bytes(url, json.dumps(elsewhere).encode(), so)
+    with pytest.raises(InputError, match="s3://other-bucket/B03.tif.*allow-reference-url"):
+        list_images.fn(url, so, "red,green,blue")
