@@ -56,6 +56,9 @@ def label_collection(
     """
     method_given = method.model_dump(exclude_none=True) if method is not None else {}
     scene_config = apply_options(SceneConfig(), scene)
+    # the fields this run sets win over a concept's own manifest ``scene`` (as ``method`` over its ``config``)
+    given = scene.model_dump(exclude_none=True) if hasattr(scene, "model_dump") else dict(scene or {})
+    scene_given = tuple(sorted(k for k, v in given.items() if v is not None))
     band_tuple = tuple(bands) if bands else None
 
     def prepare(options: RunOptions) -> ConceptSet:
@@ -72,7 +75,7 @@ def label_collection(
         model = load_backbone(spec, so)
         get_run_logger().info("%d concept(s): %s", len(concepts), ", ".join(manifest.concepts))
         return ConceptSet(spec, model.fingerprint, model.is_random, concepts, scene_config, band_tuple, options.cache,
-                          radiometry)
+                          radiometry, scene_given=scene_given)
 
     parameters = {
         "references": references, "backbone": backbone, "method": method_given,

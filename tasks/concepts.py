@@ -49,6 +49,7 @@ class PreparedConcept:
     reference_key: str
     reference_set_hash: str
     image_references: tuple[str, ...] = ()
+    scene_overrides: tuple[tuple[str, Any], ...] = ()  # the manifest's per-concept ``scene`` fields
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ class ConceptSet:
         cache_url: the feature cache holding the embedded reference sets (None: the default local cache).
         radiometry: how scenes (and raster references) are scaled, resolved (a collection stretch's ranges known);
             None: ``scene.radiometry``.
+        scene_given: the scene fields the run set explicitly: they win over a concept's own ``scene`` overrides.
     """
 
     backbone: BackboneSpec
@@ -72,7 +74,14 @@ class ConceptSet:
     bands: tuple[int, ...] | None = None
     cache_url: str | None = None
     radiometry: Radiometry | None = None
+    scene_given: tuple[str, ...] = ()
     scenes = True
+
+    def scene_for(self, concept: PreparedConcept) -> SceneConfig:
+        """The scene config of ``concept``: the run's, with the concept's manifest ``scene`` fields applied (except
+        those the run set explicitly)."""
+        own = {k: v for k, v in concept.scene_overrides if k not in self.scene_given}
+        return self.scene.replace(**own) if own else self.scene
 
     @property
     def input_side(self) -> int:
@@ -90,7 +99,7 @@ class ConceptSet:
             if kind == "tile":
                 return c.config.to_dict()
             ranges = {k: v for k, v in self.scene_radiometry.stamp().items() if k == "radiometry_ranges"}
-            return {**c.config.to_dict(), "scene": self.scene.to_dict(),
+            return {**c.config.to_dict(), "scene": self.scene_for(c).to_dict(),
                     "bands": list(self.bands) if self.bands else None, **ranges}
 
         return {c.name: MethodStamp(self.backbone.spec, self.fingerprint, self.random, config(c),
@@ -162,7 +171,7 @@ class ConceptSet:
                       raster_reader(source) as reader,
                       runtime.backbone_turn(seg.backbone.device, job.run.concurrency_limit)):
                     result = segment_scene(seg, refs, reader.read, source.shape, writer, name=source.display_url,
-                                           config=self.scene, insid_config=concept.config)
+                                           config=self.scene_for(concept), insid_config=concept.config)
                 extra = {"scene_windows": result.windows, "scene_timings": result.timings,
                          "scene_foreground_pixels": result.foreground_pixels}
                 return {**extra, **(geo_attrs(source) if source.georeferenced else {})}
@@ -259,7 +268,8 @@ def prepare_concept(manifest: ReferenceManifest, concept: str, backbone: Backbon
                                         mask_names=[p.mask_url for p in spec.references])
     runtime.remember_reference_set(key, refs, cache)
     images = tuple(p.image_url for p in spec.references if not p.image_url.lower().endswith(RASTER_SUFFIXES))
-    return PreparedConcept(concept, config, key, concept_hash(manifest, concept, hashes), images)
+    return PreparedConcept(concept, config, key, concept_hash(manifest, concept, hashes), images,
+                           tuple(sorted(spec.scene_overrides.items())))
 
 
 def _read_shot(pair, contents: dict[str, bytes], bands: tuple[int, ...] | None, storage_options: dict | None,

@@ -12,6 +12,7 @@ A manifest is a YAML or JSON file on any fsspec URL (``.json`` files are read as
           - {image: refs/a.png, mask: refs/a_mask.png}
           - {image: s3://other-bucket/b.tif, mask: s3://other-bucket/b_mask.png}
         config: {tau: 0.55}             # optional overrides for this concept (win over the top-level ones)
+        scene: {global_weight: 0.25}    # optional scene options of this concept (GeoTIFF/COG scenes only)
       field:
         references:
           - {image: refs/c.png, mask: refs/c_mask.png}
@@ -24,6 +25,13 @@ concept, no unknown fields (unknown config fields are named, with the known ones
 concept names (also not ones differing only in case, which collide on case-insensitive filesystems),
 concept names of 1-100 characters from ``A-Z a-z 0-9 . _ -`` starting with a letter or digit (they become
 archive paths), config values of the right type and range.
+
+A concept's ``scene`` holds the :class:`~dinoseg_core.config.SceneConfig` fields that are a property of the
+concept (:data:`SCENE_FIELDS`: ``global_context``, ``global_weight``, ``context_size``, ``threshold``); windowing
+and radiometry are the run's. They apply on top of the run's scene config, except for fields the run sets
+explicitly (``--scene-global-weight`` wins over every concept's, as ``--tau`` does over ``config``). They are not
+part of the reference-set hash (tiles do not depend on them): a scene mask records its scene config in its config
+digest, so changing one concept's ``scene`` relabels that concept's scenes only.
 
 Relative URIs resolve against the folder holding the manifest, so a folder with ``refs.yaml`` and its images can
 be copied to a bucket unchanged. Full URLs (``s3://...``) are kept; absolute paths (``/data/a.png``) are allowed
@@ -57,12 +65,13 @@ from urllib.parse import unquote
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
-from dinoseg_core.config import InsidConfig, MethodOptions
+from dinoseg_core.config import InsidConfig, MethodOptions, SceneConfig
 from dinoseg_core.errors import InputError
 from dinoseg_core.io import storage
 
 __all__ = [
     "MANIFEST_VERSION",
+    "SCENE_FIELDS",
     "ConceptSpec",
     "ReferenceManifest",
     "ReferencePair",
@@ -78,6 +87,8 @@ __all__ = [
 MANIFEST_VERSION = 1
 _CONCEPT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(InsidConfig))
+#: The SceneConfig fields a concept may set in its ``scene`` mapping (the others are the run's: windowing, radiometry).
+SCENE_FIELDS = ("global_context", "global_weight", "context_size", "threshold")
 
 
 # ----------------------------------------------------------------------------------------------- value objects
@@ -101,6 +112,7 @@ class ConceptSpec:
     references: tuple[ReferencePair, ...]
     config_overrides: dict[str, Any] = field(default_factory=dict, hash=False)
     description: str | None = None
+    scene_overrides: dict[str, Any] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)
@@ -132,6 +144,15 @@ class ReferenceManifest:
         except InputError as exc:
             raise InputError(f"{storage.display_url(self.url)}: concepts.{concept}.config: {exc}") from exc
 
+    def scene_for(self, concept: str, base: SceneConfig | None = None) -> SceneConfig:
+        """``base`` (default: the default SceneConfig) with the concept's ``scene`` overrides applied."""
+        spec = self.concept(concept)
+        base = base if base is not None else SceneConfig()
+        try:
+            return base.replace(**spec.scene_overrides)
+        except InputError as exc:
+            raise InputError(f"{storage.display_url(self.url)}: concepts.{concept}.scene: {exc}") from exc
+
     def reference_urls(self) -> list[str]:
         """Every image and mask URL, each once, in manifest order."""
         urls: dict[str, None] = {}
@@ -153,6 +174,7 @@ class ReferenceManifest:
                     "description": spec.description,
                     "references": [{"image": p.image_url, "mask": p.mask_url} for p in spec.references],
                     "config": dict(spec.config_overrides),
+                    **({"scene": dict(spec.scene_overrides)} if spec.scene_overrides else {}),
                 }
                 for name, spec in self.concepts.items()
             },
@@ -170,10 +192,19 @@ class _Reference(BaseModel):
     mask: _Text
 
 
+class _SceneOverrides(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    global_context: bool | None = None
+    global_weight: float | None = None
+    context_size: int | None = None
+    threshold: float | None = None
+
+
 class _Concept(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     references: list[_Reference] = Field(min_length=1)
     config: _Overrides = Field(default_factory=_Overrides)  # type: ignore[valid-type]
+    scene: _SceneOverrides = Field(default_factory=_SceneOverrides)
     description: str | None = None
 
 
@@ -249,6 +280,9 @@ def _format_error(err: Mapping[str, Any]) -> str:
     if kind == "extra_forbidden":
         if len(loc) >= 2 and loc[-2] == "config":
             return f"{path}: unknown INSID3 config field {loc[-1]!r}; known fields: {', '.join(_CONFIG_FIELDS)}"
+        if len(loc) >= 2 and loc[-2] == "scene":
+            return (f"{path}: unknown per-concept scene field {loc[-1]!r}; known fields: {', '.join(SCENE_FIELDS)} "
+                    "(windowing and radiometry are the run's: --scene-window-size, --scene-overlap, --radiometry)")
         return f"{path}: unknown field {loc[-1]!r}"
     if kind == "too_short" and loc and loc[-1] == "concepts":
         return f"{path}: at least one concept is needed"
@@ -467,6 +501,11 @@ def parse_manifest(data: bytes | str | Mapping[str, Any], url: str,
         except InputError as exc:
             if f"config: {exc}" not in problems:
                 problems.append(f"concepts.{name}.config: {exc}")
+        scene = concept.scene.model_dump(exclude_none=True)
+        try:
+            SceneConfig().replace(**scene)
+        except InputError as exc:
+            problems.append(f"concepts.{name}.scene: {exc}")
         pairs = []
         for i, ref in enumerate(concept.references):
             try:
@@ -479,7 +518,7 @@ def parse_manifest(data: bytes | str | Mapping[str, Any], url: str,
             if pair.image_url == pair.mask_url:
                 problems.append(f"concepts.{name}.references[{i}]: image and mask are the same file ({ref.image!r})")
             pairs.append(pair)
-        concepts[name] = ConceptSpec(name, tuple(pairs), overrides, concept.description)
+        concepts[name] = ConceptSpec(name, tuple(pairs), overrides, concept.description, scene)
     if problems:
         raise InputError(f"Invalid reference manifest {shown}:\n  " + "\n  ".join(problems))
     return ReferenceManifest(

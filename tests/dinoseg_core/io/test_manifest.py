@@ -318,3 +318,33 @@ def test_undecodable_manifest_error_shows_no_bytes(tmp_path):
 def test_a_downgrade_to_plain_http_is_another_protocol():
     with pytest.raises(InputError, match="outside the manifest's own storage"):
         parse_manifest(_one_reference("http://host.example/a.png"), "https://host.example/refs.yaml")
+
+
+def test_a_concepts_scene_options_apply_to_its_scenes_only():
+    text = textwrap.dedent("""\
+        concepts:
+          water:
+            references: [{image: a.png, mask: a_water.png}]
+            scene: {global_weight: 0.25, threshold: 0.4}
+          roof:
+            references: [{image: a.png, mask: a_roof.png}]
+        """)
+    manifest = parse_manifest(text, "/data/refs.yaml")
+    from dinoseg_core.config import SceneConfig
+
+    water = manifest.scene_for("water", SceneConfig(overlap=32))
+    assert (water.global_weight, water.threshold, water.overlap) == (0.25, 0.4, 32)
+    assert manifest.scene_for("roof") == SceneConfig()
+    assert manifest.to_dict()["concepts"]["water"]["scene"] == {"global_weight": 0.25, "threshold": 0.4}
+    assert "scene" not in manifest.to_dict()["concepts"]["roof"]  # a manifest without scenes reads as before
+    hashes = {url: "0" * 64 for url in manifest.reference_urls()}
+    plain = parse_manifest(text.replace("scene: {global_weight: 0.25, threshold: 0.4}", ""), "/data/refs.yaml")
+    assert concept_hash(manifest, "water", hashes) == concept_hash(plain, "water", hashes)  # tiles unaffected
+
+    for scene, expected in [("{global_weight: 1.5}", "concepts.water.scene: global_weight=1.5: must be in [0, 1]"),
+                            ("{global_weight: '0.2'}", "concepts.water.scene.global_weight: input should be a valid"),
+                            ("{overlap: 32}", "concepts.water.scene.overlap: unknown per-concept scene field 'overlap'"),
+                            ("{context_size: 8}", "concepts.water.scene: context_size=8: must be an int of at least")]:
+        with pytest.raises(InputError) as err:
+            parse_manifest(text.replace("{global_weight: 0.25, threshold: 0.4}", scene), "/data/refs.yaml")
+        assert expected in str(err.value), str(err.value)
