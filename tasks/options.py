@@ -54,8 +54,8 @@ class RunOptions(BaseModel):
     dask_workers: int = Field(default=2, ge=1, description="processes of the local Dask cluster")
     stac_asset: str | None = Field(
         default=None, description="when images is a STAC catalog (.json): the asset of each item to label (visual, "
-        "analytic...), or band names of one multi-band asset (red,green,blue); None: 'visual', else the only image "
-        "asset")
+        "analytic...), or band names of one multi-band asset (red,green,blue), or of single-band assets (one per "
+        "band, stacked as one scene); None: 'visual', else the only image asset")
     cog_output: bool = Field(
         default=False, description="also write each georeferenced mask as a Cloud-Optimized GeoTIFF beside the "
         "archive (masks.zarr -> masks.cogs/<concept>/<image key>.tif)")
