@@ -4,7 +4,8 @@
   episodes -> mIoU, FB-IoU), as a table artifact (``dinoseg-evaluate-insid3-summary``), JSON and Markdown files;
 - ``calibrate_references``: per concept a search over tau x merge_threshold measured on its own shots
   (leave-one-out, self-consistency, or held-out labelled images), written as a manifest with per-concept
-  ``config`` overrides; table artifacts of the choice (``-summary``) and of the whole search (``-search``).
+  ``config`` overrides (and, measured on held-out GeoTIFF scenes, the concept's ``scene.global_weight``); table
+  artifacts of the choice (``-summary``) and of the whole search (``-search``).
 
 The bodies are loops over tasks (:mod:`tasks.evaluation`); results are plain dicts (JSON).
 """
@@ -18,7 +19,7 @@ from prefect.artifacts import create_table_artifact
 from pydantic import Field
 from tqdm import tqdm
 
-from dinoseg_core.config import DEFAULT_BACKBONE, InsidConfig, MethodOptions, apply_options
+from dinoseg_core.config import DEFAULT_BACKBONE, InsidConfig, MethodOptions, SceneConfig, SceneOptions, apply_options
 from dinoseg_core.errors import InputError
 from flows.engine import RESULT_SERIALIZER, artifact_key
 from tasks.evaluation import (
@@ -111,6 +112,8 @@ def calibrate_references(
     merge_thresholds: list[float] | None = None,
     bands: list[int] | None = None,
     radiometry: str | None = None,
+    scene: SceneOptions | None = None,
+    global_weights: list[float] | None = None,
     run: RunOptions | None = None,
 ) -> dict[str, Any]:
     """Tune tau and merge_threshold per concept of a reference manifest, and write the calibrated manifest.
@@ -126,6 +129,11 @@ def calibrate_references(
             :data:`~dinoseg_core.calibrate.DEFAULT_MERGE_THRESHOLDS`).
         bands, radiometry: how GeoTIFF/COG references are read (give what the labelling run uses; a collection
             stretch needs the collection: give ``fixed:LOW,HIGH`` with its recorded ranges instead).
+        scene: scene options of the labelling run (windowing, context size; win over a concept's ``scene``), used
+            on held-out GeoTIFF scenes of ``extra``.
+        global_weights: the global weights tried on those scenes (default
+            :data:`dinoseg_core.calibrate.DEFAULT_GLOBAL_WEIGHTS`); without scenes of a concept, its global weight
+            is not searched (its result says why).
     Returns:
         ``{"concepts": [one calibration each], "files": [out, report]}``.
     """
@@ -140,6 +148,10 @@ def calibrate_references(
         raise InputError(f"radiometry={radiometry!r}: calibration reads only the references, not the collection the "
                          "stretch is computed from; give the labelling run's ranges as fixed:LOW,HIGH (the run log "
                          "records them) or use scene-percentile")
+    scene_given = scene.model_dump(exclude_none=True) if scene is not None else {}
+    apply_options(SceneConfig(), scene_given)
+    for weight in global_weights or ():
+        SceneConfig(global_weight=weight)  # out of [0, 1] fails before any work, naming the field
     names = concepts or list(manifest.concepts)
     for name in names:
         apply_options(manifest.config_for(name), method_given)
@@ -150,12 +162,15 @@ def calibrate_references(
         for name in bar:
             bar.set_postfix_str(name)
             results.append(calibrate_one(manifest.url, name, spec, method_given, collection, taus,
-                                         merge_thresholds, run, bands, radiometry))
+                                         merge_thresholds, run, bands, radiometry, scene_given, global_weights))
     files = write_calibrated_manifest(manifest.url, out, results, method_given, backbone, run)
     create_table_artifact(
         [{"concept": r["concept"], "mode": r["mode"], "folds": r["folds"],
           "default IoU": round(r["default"]["iou"], 4), "chosen tau": r["chosen"]["tau"],
-          "chosen merge_threshold": r["chosen"]["merge_threshold"], "chosen IoU": round(r["chosen"]["iou"], 4)}
+          "chosen merge_threshold": r["chosen"]["merge_threshold"], "chosen IoU": round(r["chosen"]["iou"], 4),
+          "scenes": r["scene"]["scenes"] if r["scene"]["searched"] else 0,
+          "chosen global_weight": r["scene"]["chosen"]["global_weight"] if r["scene"]["searched"] else "not searched",
+          "scene IoU": round(r["scene"]["chosen"]["iou"], 4) if r["scene"]["searched"] else ""}
          for r in results],
         key=artifact_key("summary"), description=f"calibrated {len(results)} concept(s) -> {out}")
     create_table_artifact(

@@ -16,7 +16,15 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from tqdm import tqdm
 
-from dinoseg_core.calibrate import DEFAULT_MERGE_THRESHOLDS, DEFAULT_TAUS, LabelledShot, calibrate_concept
+from dinoseg_core.calibrate import (
+    DEFAULT_GLOBAL_WEIGHTS,
+    DEFAULT_MERGE_THRESHOLDS,
+    DEFAULT_TAUS,
+    LabelledScene,
+    LabelledShot,
+    calibrate_concept,
+    calibrate_global_weight,
+)
 from dinoseg_core.config import InsidConfig, apply_options
 from dinoseg_core.errors import InputError
 from dinoseg_core.evaluate import evaluate_episodes, sample_episodes
@@ -121,10 +129,16 @@ EXTRA_LIMIT = 32
 @task(name="calibrate-concept", cache_policy=NO_CACHE, task_run_name="calibrate-{concept}")
 def calibrate_one(references: str, concept: str, backbone: BackboneSpec, method: dict[str, Any] | None,
                   extra: FewShotCollection | None, taus: list[float] | None, merge_thresholds: list[float] | None,
-                  run: RunOptions, bands: list[int] | None = None, radiometry: str | None = None) -> dict[str, Any]:
+                  run: RunOptions, bands: list[int] | None = None, radiometry: str | None = None,
+                  scene: dict[str, Any] | None = None, global_weights: list[float] | None = None) -> dict[str, Any]:
     """Calibrate one concept of the manifest (:func:`~dinoseg_core.calibrate.calibrate_concept`): its shots read
     once, held-out images of the same concept from ``extra`` when it has them (else leave-one-out, or
-    self-consistency for one shot). Returns :meth:`Calibration.to_dict` plus the concept and base config."""
+    self-consistency for one shot). Held-out GeoTIFF/COG scenes of the concept also get the global weight searched
+    (:func:`~dinoseg_core.calibrate.calibrate_global_weight`, grid ``global_weights``, default
+    :data:`~dinoseg_core.calibrate.DEFAULT_GLOBAL_WEIGHTS`) at the chosen tau / merge_threshold, each read window by
+    window with ``bands`` and ``radiometry`` and the concept's scene config (``scene``: the run's given fields, which
+    win over the manifest's). Returns :meth:`Calibration.to_dict` plus the concept, the base config and ``scene``
+    (:meth:`GlobalWeightCalibration.to_dict`, or ``{"searched": False, "reason": ...}``)."""
     so = resolved_storage_options(run)
     manifest = load_manifest(references, so)
     spec = manifest.concept(concept)
@@ -132,21 +146,85 @@ def calibrate_one(references: str, concept: str, backbone: BackboneSpec, method:
     shots = [LabelledShot(*_read_shot(p.image_url, p.mask_url, so, bands, radiometry), storage.display_url(p.image_url))
              for p in spec.references]
     held_out: list[LabelledShot] = []
+    scene_urls: list[tuple[str, Any]] = []  # (image URL, ground truth) of the held-out GeoTIFF/COG scenes
     if extra is not None and concept in extra.classes.values():
         class_id = extra.class_id(concept)
         for key in extra.index.get(class_id, ())[:EXTRA_LIMIT]:
-            sample = extra.load(key, so)
-            held_out.append(LabelledShot(sample.image, sample.mask(class_id), storage.display_url(
-                extra.images[key].image_url)))
+            url = extra.images[key].image_url
+            if url.lower().endswith(RASTER_SUFFIXES):
+                image, truth = _read_held_out_scene(extra, key, class_id, so, bands, radiometry)
+                scene_urls.append((url, truth))
+            else:
+                sample = extra.load(key, so)
+                image, truth = sample.image, sample.mask(class_id)
+            held_out.append(LabelledShot(image, truth, storage.display_url(url)))
     seg = runtime.segmenter(backbone, base, so, cluster_backend=run.cluster_backend)
     with runtime.backbone_turn(seg.backbone.device, run.concurrency_limit):
         result = calibrate_concept(seg, shots, base=base, taus=taus or DEFAULT_TAUS,
                                    merge_thresholds=merge_thresholds or DEFAULT_MERGE_THRESHOLDS, extra=held_out)
-    get_run_logger().info("%s (%s, %d folds): IoU %.3f with tau %g, merge_threshold %g; default %.3f", concept,
-                          result.mode, result.folds, result.chosen.iou, result.chosen.tau,
-                          result.chosen.merge_threshold, result.default.iou)
+        scene_result = _calibrate_scenes(seg, shots, scene_urls, base.replace(
+            tau=result.chosen.tau, merge_threshold=result.chosen.merge_threshold),
+            apply_options(manifest.scene_for(concept), scene), global_weights, bands, radiometry, so)
+    logger = get_run_logger()
+    logger.info("%s (%s, %d folds): IoU %.3f with tau %g, merge_threshold %g; default %.3f", concept,
+                result.mode, result.folds, result.chosen.iou, result.chosen.tau, result.chosen.merge_threshold,
+                result.default.iou)
+    if scene_result["searched"]:
+        logger.info("%s (%d scene(s)): IoU %.3f with global_weight %g; default %.3f", concept,
+                    scene_result["scenes"], scene_result["chosen"]["iou"], scene_result["chosen"]["global_weight"],
+                    scene_result["default"]["iou"])
+    else:
+        logger.info("%s: global weight not searched (%s)", concept, scene_result["reason"])
     return {"concept": concept, "base": {"tau": base.tau, "merge_threshold": base.merge_threshold},
-            "random_weights": seg.backbone.is_random, **result.to_dict()}
+            "random_weights": seg.backbone.is_random, **result.to_dict(), "scene": scene_result}
+
+
+def _read_held_out_scene(extra: FewShotCollection, key: str, class_id: int, storage_options: dict | None,
+                         bands: list[int] | None, radiometry: str | None) -> tuple[Any, Any]:
+    """(image, ground truth) of a held-out GeoTIFF/COG scene, the image read as `dinoseg label` reads scenes (the
+    run's bands and radiometry), the ground truth from the collection's mask or label map."""
+    from dinoseg_core.io.fss_datasets import read_label_map
+    from dinoseg_core.io.radiometry import Radiometry
+    from dinoseg_core.io.raster import open_raster, raster_reader
+
+    entry = extra.images[key]
+    source = open_raster(entry.image_url, bands, storage_options, radiometry=Radiometry.parse(radiometry))
+    with raster_reader(source) as reader:
+        image, _ = reader.read(None)
+    if entry.label_url is not None:
+        truth = read_label_map(entry.label_url, storage_options) == class_id
+        url = entry.label_url
+    else:
+        url = entry.mask_urls[class_id]
+        truth = imageio.read_mask(url, storage_options)
+    if truth.shape != image.shape[:2]:
+        raise InputError(f"{storage.display_url(url)} is {truth.shape[1]}x{truth.shape[0]}, the scene "
+                         f"{storage.display_url(entry.image_url)} {image.shape[1]}x{image.shape[0]}; a ground-truth "
+                         "mask must match its scene")
+    return image, truth
+
+
+def _calibrate_scenes(seg, shots: list[LabelledShot], scenes: list[tuple[str, Any]], config: InsidConfig,
+                      scene_config, weights: list[float] | None, bands: list[int] | None, radiometry: str | None,
+                      storage_options: dict | None) -> dict[str, Any]:
+    """The global-weight search on the held-out scenes, each read as `dinoseg label` reads it (window by window,
+    the run's bands and radiometry); ``{"searched": False, "reason"}`` without scenes."""
+    if not scenes:
+        return {"searched": False, "reason": "no GeoTIFF/COG scene of the concept among the held-out (--extra) images"}
+    from contextlib import ExitStack
+
+    from dinoseg_core.io.radiometry import Radiometry
+    from dinoseg_core.io.raster import open_raster, raster_reader
+
+    with ExitStack() as stack:
+        labelled = []
+        for url, truth in scenes:
+            source = open_raster(url, bands, storage_options, radiometry=Radiometry.parse(radiometry))
+            reader = stack.enter_context(raster_reader(source))
+            labelled.append(LabelledScene(reader.read, source.shape, truth, source.display_url))
+        found = calibrate_global_weight(seg, shots, labelled, insid_config=config, scene_config=scene_config,
+                                        weights=weights or DEFAULT_GLOBAL_WEIGHTS)
+    return found.to_dict()
 
 
 def _relative_to(manifest_url: str, out_url: str) -> bool:
@@ -195,6 +273,13 @@ def calibrated_manifest_text(references: str, raw: dict[str, Any], results: list
             lines.append(f"  # {name}: {result['mode']}, {result['folds']} fold(s): IoU {c['iou']:.3f} with tau "
                          f"{c['tau']:g}, merge_threshold {c['merge_threshold']:g}; before: {d['iou']:.3f} with tau "
                          f"{d['tau']:g}, merge_threshold {d['merge_threshold']:g}")
+            scene = result.get("scene") or {}
+            if scene.get("searched"):
+                sd, sc = scene["default"], scene["chosen"]
+                entry["scene"] = {**(entry.get("scene") or {}), "global_weight": sc["global_weight"]}
+                lines.append(f"  # {name} on {scene['scenes']} scene(s), windowed: IoU {sc['iou']:.3f} with "
+                             f"global_weight {sc['global_weight']:g}; before: {sd['iou']:.3f} with global_weight "
+                             f"{sd['global_weight']:g}")
         block = yaml.safe_dump({name: entry}, sort_keys=False)
         lines += ["  " + line for line in block.rstrip().splitlines()]
     text = "\n".join(lines) + "\n"

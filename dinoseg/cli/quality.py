@@ -20,7 +20,7 @@ from dinoseg.cli.options import (
 )
 from dinoseg.cli.prefect_api import run_flow
 from dinoseg.cli.segment import METHOD_TITLE
-from dinoseg_core.config import InsidConfig, MethodOptions, add_options
+from dinoseg_core.config import InsidConfig, MethodOptions, SceneConfig, SceneOptions, add_options
 from dinoseg_core.errors import InputError
 
 LAYOUTS = ("auto", "folder", "manifest", "isaid", "coco20i")
@@ -100,7 +100,11 @@ def add_commands(commands) -> None:
     add_run_options(calibrate, only=QUALITY_RUN_OPTIONS)
     # --tau / --merge-threshold set the concept's starting point (always measured, kept on a tie)
     add_options(calibrate, InsidConfig, METHOD_TITLE)
-    # (not SceneConfig: a manifest's concepts have no scene options; see docs/quality.md)
+    calibrate.add_argument("--scene-global-weights", dest="global_weights", type=_fraction, nargs="+", default=None,
+                           help="global weights to try on held-out GeoTIFF scenes of --extra (default 0 0.25 0.5 "
+                           "0.75); without such scenes the global weight is not searched")
+    add_options(calibrate, SceneConfig, "held-out GeoTIFF/COG scenes (--extra): windowed as `label` will (give the "
+                "same --scene-* options)", prefix="scene-", exclude=("radiometry",))
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -136,8 +140,12 @@ def run_calibrate(args: argparse.Namespace) -> int:
     is clustered once per tau."""
     run = run_options(args, only=QUALITY_RUN_OPTIONS)
     method = config_options(args, MethodOptions, InsidConfig())
+    scene = config_options(args, SceneOptions, SceneConfig(), prefix="scene-", exclude=("radiometry",))
     require_local(args.references, "--references")
     require_local(args.extra, "--extra")
+    bad = [w for w in args.global_weights or () if not 0.0 <= w <= 1.0]
+    if bad:
+        raise InputError(f"--scene-global-weights {bad}: a global weight must be in [0, 1]")
     if args.radiometry is not None:
         from dinoseg_core.io.radiometry import Radiometry
 
@@ -160,12 +168,21 @@ def run_calibrate(args: argparse.Namespace) -> int:
     result = run_flow(
         "flows.evaluation", "calibrate_references", references=args.references, out=args.out, backbone=args.backbone,
         method=method, extra=args.extra, extra_layout=args.extra_layout, concepts=args.concepts, taus=args.taus,
-        merge_thresholds=args.merge_thresholds, bands=args.bands, radiometry=args.radiometry, run=run,
+        merge_thresholds=args.merge_thresholds, bands=args.bands, radiometry=args.radiometry, scene=scene,
+        global_weights=args.global_weights, run=run,
     )
     print("| concept | mode | IoU before (tau, alpha) | IoU calibrated (tau, alpha) |\n|---|---|---|---|")
     for r in result["concepts"]:
         d, c = r["default"], r["chosen"]
         print(f"| {r['concept']} | {r['mode']} ({r['folds']}) | {d['iou']:.3f} ({d['tau']:g}, {d['merge_threshold']:g})"
               f" | {c['iou']:.3f} ({c['tau']:g}, {c['merge_threshold']:g}) |")
+    for r in result["concepts"]:
+        s = r["scene"]
+        if s["searched"]:
+            print(f"{r['concept']}: global_weight {s['chosen']['global_weight']:g} (IoU {s['chosen']['iou']:.3f} on "
+                  f"{s['scenes']} scene(s), windowed; before {s['default']['iou']:.3f} with "
+                  f"{s['default']['global_weight']:g})")
+        elif args.global_weights or args.extra:
+            print(f"{r['concept']}: global weight not searched: {s['reason']}", file=sys.stderr)
     print(f"wrote {result['files'][0]} (the search: {result['files'][1]})", file=sys.stderr)
     return EXIT_OK

@@ -131,3 +131,48 @@ def artifacts_of_latest(flow_name):
             flow_run_id = runs[0]["id"]
 
     return artifacts_of(State)
+
+
+@pytest.mark.slow
+def test_calibrate_on_a_scene_writes_the_global_weight_that_label_uses(tmp_path, capsys):
+    from dinoseg_core.geo.synthetic import write_synthetic_geotiff
+    from dinoseg_core.io import imageio
+
+    refs = write_reference_manifest(str(tmp_path), concepts=("water", "roof"), shots=2, size=128)
+    (tmp_path / "extra" / "images").mkdir(parents=True)
+    scene = tmp_path / "extra" / "images" / "s0.tif"
+    write_synthetic_geotiff(scene, 256, tile=128, seed=7, labels_path=tmp_path / "l.tif", concept="water")
+    import rasterio
+
+    with rasterio.open(tmp_path / "l.tif") as labels:
+        imageio.write_mask_png(str(tmp_path / "extra" / "masks" / "water" / "s0.png"), labels.read(1) == 1)
+    out = tmp_path / "calibrated.yaml"
+    scene_options = ["--bands", "3,2,1", "--radiometry", "fixed:300,6300", "--scene-overlap", "32"]
+    assert main(["calibrate", "--references", refs, "--out", str(out), "--extra", str(tmp_path / "extra"),
+                 "--backbone", TINY, "--device", "cpu", "--image-size", "128", "--tau", "0.9", "--taus", "0.9",
+                 "--merge-thresholds", "0.2", "--scene-global-weights", "0", "0.75", *scene_options]) == 0
+    printed = capsys.readouterr()
+    report = json.loads((tmp_path / "calibrated.calibration.json").read_text())
+    water, roof = (next(r for r in report["concepts"] if r["concept"] == n) for n in ("water", "roof"))
+    chosen = water["scene"]["chosen"]
+    assert [t["global_weight"] for t in water["scene"]["trials"]] == [0.0, 0.5, 0.75]
+    assert water["scene"]["windows_extracted"] == 10 and chosen["iou"] >= water["scene"]["default"]["iou"]
+    assert chosen["global_weight"] != 0.5  # measured, not the default: the test below can tell them apart
+    assert f"water: global_weight {chosen['global_weight']:g} (IoU {chosen['iou']:.3f}" in printed.out
+    assert "roof: global weight not searched: no GeoTIFF/COG scene" in printed.err and not roof["scene"]["searched"]
+    text = out.read_text()
+    assert f"# water on 1 scene(s), windowed: IoU {chosen['iou']:.3f} with global_weight" in text
+    calibrated = load_manifest(str(out))
+    assert calibrated.scene_for("water").global_weight == chosen["global_weight"]
+    assert calibrated.scene_for("roof").global_weight == 0.5
+
+    archive = tmp_path / "a.zarr"
+    assert main(["label", "--references", str(out), "--images", str(scene), "--archive", str(archive),
+                 "--backbone", TINY, "--device", "cpu", "--cache", str(tmp_path / "cache"), "--workers", "1",
+                 *scene_options]) == 0
+    store = MaskArchive.open(str(archive), mode="r")
+    weights = {}
+    for concept in ("water", "roof"):
+        (_, key), = store.list_masks(concept)
+        weights[concept] = store.mask_record(concept, key)["config"]["scene"]["global_weight"]
+    assert weights == {"water": chosen["global_weight"], "roof": 0.5}

@@ -59,3 +59,17 @@ def test_geotiff_references_are_read_with_the_runs_bands_and_radiometry(tmp_path
                              radiometry="fixed:300,6300")
     expected = generate_scene(3 * 100_003, 128)  # what the GeoTIFF holds, stored as 300 + 6000 * value
     assert abs(image - expected.image).max() < 1e-3 and (mask == expected.labels["roof"]).all()
+
+
+def test_a_searched_global_weight_goes_into_the_concepts_scene_block_with_its_iou():
+    water = result("water", 0.95, 0.2)
+    water["scene"] = {"searched": True, "scenes": 2, "chosen": {"global_weight": 0.25, "iou": 0.61},
+                      "default": {"global_weight": 0.5, "iou": 0.55}}
+    roof = {**result("roof", 0.7, 0.3, base=(0.7, 0.2)), "scene": {"searched": False, "reason": "no scene"}}
+    raw = {**RAW, "concepts": [{**RAW["concepts"][1], "scene": {"threshold": 0.4}}, RAW["concepts"][0]]}
+    text = calibrated_manifest_text("/data/refs.yaml", raw, [water, roof], None, "/data/calibrated.yaml", "x")
+    manifest = parse_manifest(text.encode(), "/data/calibrated.yaml")
+    assert manifest.concepts["water"].scene_overrides == {"threshold": 0.4, "global_weight": 0.25}
+    assert manifest.concepts["roof"].scene_overrides == {}
+    assert "# water on 2 scene(s), windowed: IoU 0.610 with global_weight 0.25; before: 0.550 with global_weight " \
+           "0.5" in text
