@@ -12,6 +12,7 @@ names choose the bands of a multi-band asset, carried on the item as ``bands``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -23,7 +24,7 @@ from dinoseg_core.errors import InputError, ObjectNotFoundError
 from dinoseg_core.io import storage
 from dinoseg_core.io.imageio import RASTER_SUFFIXES
 from dinoseg_core.io.manifest import check_reference_origin
-from dinoseg_core.io.stac import is_stac, read_stac_images
+from dinoseg_core.io.stac import is_stac, read_stac_images, vrt_folder
 from tasks.retry import STORAGE_RETRIES
 
 #: Extensions taken from a folder or prefix (a glob or an explicit list takes what it names).
@@ -58,7 +59,10 @@ def input_prefix(images: str | Sequence[str], items: Sequence[WorkItem] = ()) ->
     explicit list (keys keep the whole path)."""
     if not isinstance(images, str):
         return None
-    if is_stac(images):  # keys relative to the catalog's folder
+    if is_stac(images):  # keys relative to the catalog's folder, or to its VRTs' (stacked per-band assets)
+        stacks = vrt_folder(images)
+        if items and all(item.url.startswith(stacks + os.sep) for item in items):
+            return stacks
         return images.rsplit("/", 1)[0] if "/" in images else ""
     if is_glob(images):
         cut = min(i for i, ch in enumerate(images) if ch in "*?[")

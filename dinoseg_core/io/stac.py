@@ -14,7 +14,7 @@ Items whose bands live in one asset *per band* (Sentinel-2 style ``red``, ``gree
 ``B03``, ``B02`` single-band COGs) are stacked: with 1 or 3 names, each an asset key or the name/common name of
 an asset's only band, the Item's image is a GDAL VRT (one ``VRTRasterBand`` per name, in that order, each a
 ``SimpleSource`` reading the asset through GDAL: local paths as they are, ``s3://`` as ``/vsis3/``, ``http(s)``
-as ``/vsicurl/``, ``gs://`` as ``/vsigs/``) written to :data:`VRT_DIR` as ``<catalog hash>/<item id>.vrt``.
+as ``/vsicurl/``, ``gs://`` as ``/vsigs/``) written to :func:`vrt_folder` as ``[<collection>/]<item id>.vrt``.
 Every band must have the same size, CRS and transform (an :class:`InputError` names the Item and the asset that
 differs; different resolutions are never resampled). The VRT records every asset's stamp (ETag or mtime), so a
 changed band changes the VRT's bytes, hence its sha256, and the Item is relabelled; it is rewritten only when its
@@ -42,6 +42,7 @@ __all__ = [
     "LABEL_EXTENSION",
     "VRT_DIR",
     "gdal_vsi_path",
+    "vrt_folder",
     "StacImage",
     "is_stac",
     "read_stac_items",
@@ -291,10 +292,22 @@ def gdal_vsi_path(url: str) -> str:
                      f"s3://, gs:// and http(s):// URLs, not {proto}://; choose one multi-band asset instead")
 
 
+def vrt_folder(catalog: str) -> str:
+    """The local folder of the VRTs stacking the per-band assets of the catalog at ``catalog``:
+    ``VRT_DIR/<sha256 of its absolute URL, 16 hex>`` (the items' keys are relative to it)."""
+    import hashlib
+
+    root = VRT_DIR or os.path.expanduser("~/.cache/dinoseg/stac-vrt")
+    return os.path.join(os.path.abspath(root), hashlib.sha256(_absolute(catalog).encode()).hexdigest()[:16])
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in name).lstrip(".") or "item"
+
+
 def _stacked(item: Any, keys: list[str], catalog: str, storage_options: dict[str, Any] | None,
              allow_reference_urls: Sequence[str] | None = None) -> StacImage:
     """The Item's per-band assets ``keys`` stacked as one VRT (see the module docstring)."""
-    import hashlib
     from xml.sax.saxutils import escape
 
     from dinoseg_core.io.raster import _open_dataset
@@ -345,9 +358,10 @@ def _stacked(item: Any, keys: list[str], catalog: str, storage_options: dict[str
                                                        for key, href, stamp in zip(keys, hrefs, stamps)])
     xml = (f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">\n{srs}{geo}  <Metadata>\n{meta}'
            f"  </Metadata>\n{''.join(bands)}</VRTDataset>\n")
-    folder = os.path.join(VRT_DIR or os.path.expanduser("~/.cache/dinoseg/stac-vrt"),
-                          hashlib.sha256(_absolute(catalog).encode()).hexdigest()[:16])
-    path = os.path.join(folder, "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in item.id) + ".vrt")
+    folder = vrt_folder(catalog)
+    if item.collection_id:  # ids are unique within a collection only
+        folder = os.path.join(folder, _safe(item.collection_id))
+    path = os.path.join(folder, _safe(item.id) + ".vrt")
     try:
         with open(path, encoding="utf-8") as handle:
             current = handle.read()

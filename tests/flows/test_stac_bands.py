@@ -80,6 +80,7 @@ def test_per_band_assets_label_as_the_same_bands_in_one_geotiff_and_a_changed_ba
         assert record["spatial:transform"] == want["spatial:transform"]
         vrt = record["source_uri"]  # the stack: a VRT naming the item's band files
         assert vrt.endswith(f"s{i}.vrt") and f"s{i}/B04.tif" in Path(vrt).read_text()
+        assert key.startswith(f"s{i}.vrt-")  # the key names the item
     assert any(whole.read_mask("roof", key).any() for key, _ in pairs[1])  # something was labelled
 
     assert label(bands, str(tmp_path / "bands.zarr"), "red,green,blue")["skipped"] == 2  # nothing changed

@@ -210,6 +210,8 @@ def test_per_band_assets_are_stacked_as_one_scene_pixel_equal_to_a_stacked_geoti
         (f"s2-{i}", (1, 2, 3), True, tuple(files[i])) for i in range(2)]
     items = list_images.fn(url, None, "red,green,blue")
     assert [(w.url, w.kind, w.bands) for w in items] == [(i.url, "scene", (1, 2, 3)) for i in images]
+    assert input_prefix(url, items) == stac.vrt_folder(url) == str(Path(images[0].url).parent)  # keys: s2-0.vrt...
+    assert input_prefix(url, list_images.fn(url, None, "green")) == str(tmp_path / "cat")
     for image, stack in zip(images, stacks):
         whole = write_geotiff(tmp_path / f"{image.item_id}.tif", stack)
         vrt, tif = open_raster(image.url, image.bands), open_raster(whole, (1, 2, 3))
