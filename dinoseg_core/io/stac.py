@@ -325,8 +325,11 @@ def _stacked(item: Any, keys: list[str], catalog: str, storage_options: dict[str
                 raise InputError(f"STAC item {item.id!r}: asset {key!r} has {ds.count} bands; stacking per-band "
                                  "assets takes single-band ones (choose the multi-band asset by its key instead)")
             grids.append((ds.width, ds.height, ds.crs, ds.transform, ds.dtypes[0], ds.nodata))
-    width, height, crs, transform, _, _ = grids[0]
-    for key, (w, h, c, t, _, _) in zip(keys[1:], grids[1:]):
+    width, height, crs, transform, dtype, _ = grids[0]
+    for key, (w, h, c, t, d, _) in zip(keys[1:], grids[1:]):
+        if d != dtype:
+            raise InputError(f"STAC item {item.id!r}: asset {key!r} holds {d} pixels, {keys[0]!r} {dtype}; per-band "
+                             "assets must share one pixel type")
         if (w, h) != (width, height) and c == crs and (abs(t.a), abs(t.e)) != (abs(transform.a), abs(transform.e)):
             raise InputError(
                 f"STAC item {item.id!r}: asset {key!r} has another resolution ({abs(t.a):g} x {abs(t.e):g}, "

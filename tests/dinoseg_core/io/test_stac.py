@@ -237,6 +237,9 @@ def test_per_band_assets_are_stacked_as_one_scene_pixel_equal_to_a_stacked_geoti
         read_stac_images(url, "red,green,blue")
     with pytest.raises(InputError, match="1 band name.*or 3"):
         read_stac_images(url, "red,green")
+    write_geotiff(files[1][2], stacks[1][2].astype(np.float32))
+    with pytest.raises(InputError, match=r"item 's2-1': asset 'B02' holds float32 pixels, 'B04' uint16"):
+        read_stac_images(url, "red,green,blue")
 
 
 def test_per_band_assets_on_s3_are_stacked_and_read_through_gdal(s3_server, tmp_path, monkeypatch):
