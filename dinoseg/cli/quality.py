@@ -1,6 +1,7 @@
 """Quality commands, the flows of :mod:`flows.evaluation`: ``evaluate`` (INSID3's few-shot mIoU and FB-IoU on a
-labelled collection) and ``calibrate`` (tune each concept's tau and merge_threshold on its own shots, into a new
-reference manifest). Labelled-collection layouts: :mod:`dinoseg_core.io.fss_datasets` and ``docs/quality.md``."""
+labelled collection) and ``calibrate`` (tune each concept's tau and merge_threshold on its own shots, and its scene
+global weight on held-out scenes, into a new reference manifest). Labelled-collection layouts:
+:mod:`dinoseg_core.io.fss_datasets` and ``docs/quality.md``."""
 
 from __future__ import annotations
 
@@ -136,6 +137,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
     on the concept's own shots (leave-one-out: each shot in turn the target, the others the references; one shot:
     flipped and cropped views of it; with --extra: held-out labelled images of the concept), and the best is
     written as the concept's `config` in --out, with the IoU of the previous and of the chosen config beside it.
+    Held-out GeoTIFF/COG scenes of a concept in --extra also get its global weight searched (--scene-global-weights)
+    through the windowed path of `label`, written as the concept's `scene: {global_weight}`.
     `dinoseg label --references OUT` then uses it as is. Each image goes through the backbone once and each target
     is clustered once per tau."""
     run = run_options(args, only=QUALITY_RUN_OPTIONS)
