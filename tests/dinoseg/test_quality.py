@@ -11,6 +11,8 @@ from tests.dinoseg.subprocess_cli import dinoseg
      "--taus [1.5]: tau must be in (0, 1]"),
     (["calibrate", "--references", "{tmp}/refs.yaml", "--out", "o.yaml", "--concept", "forest"],
      "--concept ['forest']: not in"),
+    (["calibrate", "--references", "{tmp}/refs.yaml", "--out", "o.yaml", "--scene-global-weights", "0", "1.5"],
+     "--scene-global-weights [1.5]: a global weight must be in [0, 1]"),
 ])
 def test_a_bad_quality_argument_is_one_line_before_any_server(tmp_path, args, message):
     (tmp_path / "refs.yaml").write_text("concepts:\n  roof:\n    references:\n      - {image: a.png, mask: b.png}\n")
