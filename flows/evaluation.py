@@ -141,7 +141,7 @@ def calibrate_references(
 
     run = run_options(run)
     method_given = method.model_dump(exclude_none=True) if method is not None else {}
-    manifest = load_manifest(references, resolved_storage_options(run))  # a bad manifest fails before any work
+    manifest = load_manifest(references, resolved_storage_options(run), run.allow_reference_urls or ())  # a bad manifest fails before any work
     from dinoseg_core.io.radiometry import Radiometry
 
     if Radiometry.parse(radiometry).needs_collection:

@@ -140,7 +140,7 @@ def calibrate_one(references: str, concept: str, backbone: BackboneSpec, method:
     win over the manifest's). Returns :meth:`Calibration.to_dict` plus the concept, the base config and ``scene``
     (:meth:`GlobalWeightCalibration.to_dict`, or ``{"searched": False, "reason": ...}``)."""
     so = resolved_storage_options(run)
-    manifest = load_manifest(references, so)
+    manifest = load_manifest(references, so, run.allow_reference_urls or ())
     spec = manifest.concept(concept)
     base = apply_options(manifest.config_for(concept), method)
     shots = [LabelledShot(*_read_shot(p.image_url, p.mask_url, so, bands, radiometry), storage.display_url(p.image_url))
@@ -233,12 +233,13 @@ def _relative_to(manifest_url: str, out_url: str) -> bool:
 
 
 def calibrated_manifest_text(references: str, raw: dict[str, Any], results: list[dict[str, Any]],
-                             method: dict[str, Any] | None, out: str, backbone: str) -> str:
+                             method: dict[str, Any] | None, out: str, backbone: str,
+                             allow_reference_urls: list[str] | tuple[str, ...] = ()) -> str:
     """The calibrated manifest as YAML: the input's concepts and references (relative references kept when ``out``
     is beside the input, else made absolute), each concept's ``config`` updated with its chosen overrides, a comment
     above each concept with the measured IoU of the default and of the chosen config, and this run's method
     options in the top-level ``config`` (so ``dinoseg label --references OUT`` runs what was measured)."""
-    manifest = parse_manifest(raw, references)
+    manifest = parse_manifest(raw, references, allow_reference_urls)
     keep_relative = _relative_to(references, out)
     raw_concepts = raw["concepts"]
     if isinstance(raw_concepts, list):
@@ -283,7 +284,7 @@ def calibrated_manifest_text(references: str, raw: dict[str, Any], results: list
         block = yaml.safe_dump({name: entry}, sort_keys=False)
         lines += ["  " + line for line in block.rstrip().splitlines()]
     text = "\n".join(lines) + "\n"
-    parse_manifest(text.encode(), out)  # what `dinoseg label` will read: refuse to write anything it would refuse
+    parse_manifest(text.encode(), out, allow_reference_urls)  # what `dinoseg label` will read: refuse to write anything it would refuse
     return text
 
 
@@ -296,7 +297,8 @@ def write_calibrated_manifest(references: str, out: str, results: list[dict[str,
         raise InputError(f"--out {storage.display_url(out)} is the input manifest; write the calibrated one beside it")
     storage_options = resolved_storage_options(run or RunOptions())
     raw = yaml.safe_load(storage.read_bytes(references, storage_options).decode("utf-8-sig"))
-    text = calibrated_manifest_text(references, raw, results, method, out, backbone)
+    text = calibrated_manifest_text(references, raw, results, method, out, backbone,
+                                    (run.allow_reference_urls if run else None) or ())
     report = out.rsplit(".", 1)[0] + ".calibration.json"
     storage.write_bytes(report, json.dumps({"references": references, "backbone": backbone, "method": method or {},
                                             "concepts": results}, indent=1).encode(), storage_options)

@@ -26,8 +26,8 @@ from dinoseg_core.errors import InputError
 
 LAYOUTS = ("auto", "folder", "manifest", "isaid", "coco20i")
 #: Run options that matter to these commands (they run no label batches).
-QUALITY_RUN_OPTIONS = ("device", "dtype", "storage_options", "secret_storage_options", "cluster_backend", "compile",
-                       "concurrency_limit")
+QUALITY_RUN_OPTIONS = ("device", "dtype", "storage_options", "secret_storage_options", "allow_reference_urls",
+                       "cluster_backend", "compile", "concurrency_limit")
 
 
 def _positive_int(text: str) -> int:
@@ -158,7 +158,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     if local_path(args.references) is not None:
         from dinoseg_core.io.manifest import load_manifest
 
-        manifest = load_manifest(args.references)
+        manifest = load_manifest(args.references, allow_reference_urls=run.allow_reference_urls or ())
         unknown = sorted(set(args.concepts or ()) - set(manifest.concepts))
         if unknown:
             raise InputError(f"--concept {unknown}: not in {args.references}; it defines {list(manifest.concepts)}")
