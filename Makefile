@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_LOGGING_LEVEL ?= WARNING
+# Test processes: much of the suite waits on servers and subprocesses, so two share the two cores well.
+TEST_WORKERS ?= 2
 
 .PHONY: install demo test test-fast bench clean
 
@@ -24,7 +26,7 @@ demo: $(STAMP)
 	$(BIN)/python -m flows.demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow and not integration"

@@ -66,3 +66,13 @@ def s3_server() -> Iterator[dict[str, Any]]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory) -> Iterator[dict[str, Any]]:
+    """``prefect server start`` on 127.0.0.1 for the whole session (see
+    :func:`tests.deployments.conftest.running_prefect_server`); started only when a test asks for it."""
+    from tests.deployments.conftest import running_prefect_server
+
+    with running_prefect_server(tmp_path_factory) as server:
+        yield server

@@ -10,12 +10,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psutil  # comes with distributed
-import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 #: The ``prefect`` command of this interpreter's environment (the worker's flow runs use the same Python).
@@ -87,12 +87,14 @@ def cli(args: list[str], env: dict[str, str], timeout: float = 120) -> subproces
     return done
 
 
-@pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory) -> Iterator[dict[str, Any]]:
+@contextmanager
+def running_prefect_server(tmp_path_factory) -> Iterator[dict[str, Any]]:
     """``prefect server start`` (SQLite, no UI, no background services) on a free port of 127.0.0.1.
 
     Yields ``api_url``, ``home`` (its PREFECT_HOME), ``env`` (for Prefect processes that use it) and ``logs`` (a
-    folder for process logs). The server and all its children are stopped at the end, whatever happened.
+    folder for process logs). The server and all its children are stopped at the end, whatever happened. The
+    session's ``prefect_server`` fixture (tests/conftest.py) is one such server, shared by the deployment, serve
+    and docs tests: each test names its own deployments, so they do not meet.
     """
     home = tmp_path_factory.mktemp("prefect-home")
     logs = tmp_path_factory.mktemp("logs")

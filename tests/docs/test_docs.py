@@ -27,8 +27,6 @@ from pathlib import Path
 
 import pytest
 
-# A real Prefect server for the commands (module-scoped; started only when a slow block runs).
-from tests.deployments.conftest import prefect_server  # noqa: F401
 from tests.docs import blocks as docs
 from tests.docs.blocks import REPO, Block
 
@@ -189,7 +187,7 @@ def lake_files(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def docs_env(s3_server, prefect_server, tmp_path_factory) -> dict[str, str]:  # noqa: F811 - the imported fixture
+def docs_env(s3_server, prefect_server, tmp_path_factory) -> dict[str, str]:
     """The environment of every block: this one's without AWS_*/PREFECT_* settings that could point elsewhere,
     plus the test's S3 endpoint, its Prefect server, the checkout's .venv first on PATH and a private cache."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PREFECT_"))}
